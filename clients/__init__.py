@@ -1,0 +1,1 @@
+"""The Flower ClientApp of fedmeta: simulated hospitals that train locally or evaluate."""

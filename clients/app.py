@@ -1,0 +1,74 @@
+"""The fedmeta ClientApp: one simulated hospital.
+
+Every message carries the resolved scenario (JSON) in its config record; the client builds the
+experiment once per process and looks up its own shard by ``partition-id``. Training clients run
+their learner's local update and reply with weights (``w + delta``), so Flower's aggregation and
+DP wrappers apply unchanged. Held-out clients never train: they adapt on each of their fixed
+evaluation tasks and reply with per-task metrics before and after adaptation.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmeta.evaluate import evaluate_tasks
+from fedmeta.experiment import Experiment, experiment_from_json
+
+app = ClientApp()
+
+
+def _setup(msg: Message) -> Experiment:
+    exp = experiment_from_json(str(msg.content["config"]["scenario"]))
+    torch.set_num_threads(exp.scenario.backend.torch_threads)
+    return exp
+
+
+def _pid(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report this node's partition id (the server maps node ids to partitions once)."""
+    _setup(msg)
+    info = MetricRecord({"partition-id": _pid(context)})
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local meta-training from the global meta-parameters on this client's tasks."""
+    exp, pid = _setup(msg), _pid(context)
+    if exp.is_heldout(pid):
+        raise RuntimeError(f"held-out client {pid} was asked to train")
+    t0 = time.perf_counter()
+    params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
+    sample = exp.train_sampler(pid, int(msg.content["config"]["server-round"]))
+    new_params, metrics = exp.learner.local_update(params, sample)
+    metrics = {
+        **metrics,
+        "num-examples": exp.layout.shard(pid).size,
+        "compute-seconds": time.perf_counter() - t0,
+    }
+    content = RecordDict({
+        "arrays": ArrayRecord({k: v.cpu() for k, v in new_params.items()}),
+        "metrics": MetricRecord(metrics),
+    })
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Adapt on each fixed evaluation task's support set and score its query set."""
+    exp, pid = _setup(msg), _pid(context)
+    params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
+    config = msg.content["config"]
+    steps = int(config["eval-inner-steps"]) if "eval-inner-steps" in config else None
+    tasks = exp.eval_tasks(pid)
+    results = evaluate_tasks(exp.learner, params, tasks, exp.source.kind, steps=steps)
+    metrics = MetricRecord({**results, "num-examples": len(tasks)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,230 @@
+"""Scenario files: TOML -> a validated, frozen :class:`Scenario`.
+
+Every table rejects unknown keys; named tables (``[data]``, ``[partition]``, ``[model]``,
+``[learner]``, ``[strategy]``) are validated against the options of the entry their ``name``
+picks from its registry. Any problem is raised as one :class:`FedmetaError` line that names the
+offending key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedmeta.data import DATASETS
+from fedmeta.errors import FedmetaError
+from fedmeta.learners import LEARNERS, LearnerConfig
+from fedmeta.models import MODELS
+from fedmeta.options import Options, kebab
+from fedmeta.partition import PARTITIONERS
+from fedmeta.registry import Registry
+from server.strategies import STRATEGIES
+
+
+class TaskOptions(Options):
+    n_way: int = Field(5, ge=1)
+    k_shot: int = Field(1, ge=1)
+    query: int = Field(15, ge=1)
+
+
+class ClientsOptions(Options):
+    train: int = Field(50, ge=1)
+    heldout: int = Field(10, ge=1)
+
+
+class TrainOptions(Options):
+    rounds: int = Field(20, ge=1)
+    fraction: float = Field(0.2, gt=0.0, le=1.0)
+    timeout: float = Field(3600.0, gt=0)
+    checkpoint_every: int = Field(1, ge=1)
+
+
+class EvaluationOptions(Options):
+    every: int = Field(5, ge=1)
+    tasks_per_client: int = Field(20, ge=1)
+    inner_steps: int | None = Field(None, ge=0)
+    at_start: bool = True
+
+
+class BackendOptions(Options):
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(1, ge=1)
+
+
+class Named(BaseModel):
+    """A table with a ``name`` and the options of the registry entry it names."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str
+    options: Any
+
+    def to_toml(self) -> dict:
+        return {"name": self.name, **self.options.to_toml()}
+
+
+class DataSection(Named):
+    root: str | None = None
+    download: bool = False
+    seed: int = 0
+
+    def to_toml(self) -> dict:
+        extra = {"root": self.root} if self.root else {}
+        return {"name": self.name, **extra, "download": self.download, "seed": self.seed,
+                **self.options.to_toml()}
+
+
+class Scenario(BaseModel):
+    """A whole experiment, validated. Build it with :func:`load_scenario`."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataSection
+    partition: Named
+    model: Named
+    learner: Named
+    strategy: Named
+    task: TaskOptions
+    clients: ClientsOptions
+    train: TrainOptions
+    evaluation: EvaluationOptions
+    backend: BackendOptions
+
+    @property
+    def learner_config(self) -> LearnerConfig:
+        return self.learner.options
+
+    def to_toml(self) -> dict:
+        """The fully resolved scenario (every default written out), ready for ``tomli_w``."""
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed}
+        if self.description:
+            out["description"] = self.description
+        for key in ("data", "partition", "model", "learner", "strategy", "task", "clients",
+                    "train", "evaluation", "backend"):
+            out[key] = getattr(self, key).to_toml()
+        return out
+
+
+PLAIN_TABLES: dict[str, type[Options]] = {
+    "task": TaskOptions, "clients": ClientsOptions, "train": TrainOptions,
+    "evaluation": EvaluationOptions, "backend": BackendOptions,
+}
+DEFAULT_NAMES = {"data": "synthetic", "partition": "label-split", "model": "conv4",
+                 "learner": "maml", "strategy": "fedavg"}
+TOP_KEYS = {"name", "description", "seed", *PLAIN_TABLES, *DEFAULT_NAMES}
+
+
+def _suggest(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(sorted(allowed))}"
+
+
+def _validate(model: type[BaseModel], raw: dict, table: str) -> BaseModel:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        key = f"{table}.{loc}" if table else loc
+        if err["type"] == "extra_forbidden":
+            allowed = [kebab(f) for f in model.model_fields]
+            raise FedmetaError(
+                f"unknown scenario key {key!r}{_suggest(str(err['loc'][0]), allowed)}"
+            ) from None
+        raise FedmetaError(
+            f"scenario key {key!r}: {err['msg'].lower()} (got {err.get('input')!r})"
+        ) from None
+
+
+def _named(raw: dict, table: str, registry: Registry, extra_keys: tuple[str, ...] = ()):
+    if not isinstance(raw, dict):
+        raise FedmetaError(f"scenario key {table!r} must be a table, e.g. [{table}]")
+    raw = dict(raw)
+    name = raw.pop("name", DEFAULT_NAMES[table])
+    if not isinstance(name, str):
+        raise FedmetaError(f"scenario key '{table}.name' must be a string (got {name!r})")
+    spec = registry.get(name, key=f"{table}.name")
+    extras = {k: raw.pop(k) for k in extra_keys if k in raw}
+    return name, _validate(spec.Options, raw, table), extras
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax when it parses (``3``, ``0.1``, ``true``, ``[1, 2]``),
+    otherwise a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides with dotted keys (``learner.inner-lr=0.1``)."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FedmetaError(f"--set {item!r} must look like key=value, e.g. train.rounds=5")
+        *tables, leaf = key.strip().split(".")
+        node = raw
+        for t in tables:
+            node = node.setdefault(t, {})
+            if not isinstance(node, dict):
+                raise FedmetaError(f"--set {key!r}: {t!r} is not a table")
+        node[leaf] = parse_value(value.strip())
+    return raw
+
+
+def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
+    """Validate a raw scenario mapping (as read from TOML)."""
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise FedmetaError(f"unknown scenario key {key!r}{_suggest(key, TOP_KEYS)}")
+    fields: dict[str, Any] = {}
+    for key in ("name", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise FedmetaError(f"scenario key {key!r} must be a string (got {raw[key]!r})")
+    fields["name"] = raw.get("name", default_name)
+    fields["description"] = raw.get("description", "")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise FedmetaError(f"scenario key 'seed' must be a non-negative integer (got {seed!r})")
+    fields["seed"] = seed
+    for table, model in PLAIN_TABLES.items():
+        value = raw.get(table, {})
+        if not isinstance(value, dict):
+            raise FedmetaError(f"scenario key {table!r} must be a table, e.g. [{table}]")
+        fields[table] = _validate(model, value, table)
+    name, opts, extras = _named(raw.get("data", {}), "data", DATASETS, ("root", "download", "seed"))
+    for key, typ in (("root", str), ("download", bool), ("seed", int)):
+        if key in extras and not isinstance(extras[key], typ):
+            raise FedmetaError(
+                f"scenario key 'data.{key}' must be a {typ.__name__} (got {extras[key]!r})"
+            )
+    fields["data"] = DataSection(name=name, options=opts, **extras)
+    for table, registry in (("partition", PARTITIONERS), ("model", MODELS),
+                            ("learner", LEARNERS), ("strategy", STRATEGIES)):
+        name, opts, _ = _named(raw.get(table, {}), table, registry)
+        fields[table] = Named(name=name, options=opts)
+    return Scenario(**fields)
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FedmetaError(f"scenario file {str(path)!r} not found; check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FedmetaError(f"scenario file {str(path)!r} is not valid TOML: {exc}") from None
+    raw = apply_overrides(raw, overrides or [])
+    return scenario_from_dict(raw, default_name=path.stem)

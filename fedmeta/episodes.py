@@ -1,0 +1,62 @@
+"""Episodic N-way K-shot sampling from one client's shard.
+
+Each episode picks ``n_way`` of the client's classes, then ``k_shot`` support and ``query``
+query examples per class, without replacement. Labels are remapped to the positions
+``0..n_way-1`` in the order the classes were drawn (Vinyals et al., 2016; Finn et al., 2017).
+For regression sources (one function per "class") ``n_way`` is 1 and targets come from the
+source.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedmeta.data.base import DataSource
+from fedmeta.errors import FedmetaError
+from fedmeta.partition import Shard
+from fedmeta.tasks import Task
+
+
+class EpisodeSampler:
+    """Samples tasks from ``shard`` of ``source``.
+
+    Raises
+    ------
+    FedmetaError
+        If fewer than ``n_way`` of the shard's classes have at least ``k_shot + query`` examples.
+    """
+
+    def __init__(
+        self, source: DataSource, shard: Shard, n_way: int, k_shot: int, query: int,
+        who: str = "client",
+    ) -> None:
+        self.source, self.shard = source, shard
+        self.n_way, self.k_shot, self.query = n_way, k_shot, query
+        need = k_shot + query
+        self.eligible = np.array(
+            [c for c, idx in sorted(shard.examples.items()) if len(idx) >= need], dtype=np.int64
+        )
+        if len(self.eligible) < n_way:
+            raise FedmetaError(
+                f"{who} has {len(self.eligible)} classes with at least k-shot + query = {need} "
+                f"examples, but task.n-way = {n_way}; lower task.n-way, task.k-shot or "
+                f"task.query, or give clients more data (partition settings, fewer clients)"
+            )
+
+    def sample_one(self, rng: np.random.Generator) -> Task:
+        classes = rng.choice(self.eligible, size=self.n_way, replace=False)
+        sx, sy, qx, qy = [], [], [], []
+        for pos, c in enumerate(classes):
+            pick = rng.choice(self.shard.examples[int(c)], size=self.k_shot + self.query, replace=False)
+            x, y = self.source.examples(int(c), pick)
+            if y is None:
+                y = np.full(len(pick), pos, dtype=np.int64)
+            sx.append(x[: self.k_shot])
+            sy.append(y[: self.k_shot])
+            qx.append(x[self.k_shot :])
+            qy.append(y[self.k_shot :])
+        return Task(*(torch.from_numpy(np.concatenate(a)) for a in (sx, sy, qx, qy)))
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[Task]:
+        return [self.sample_one(rng) for _ in range(n)]

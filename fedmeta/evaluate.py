@@ -1,0 +1,30 @@
+"""Personalisation metrics of one client: adapt on each task's support set, score its query set.
+
+Metric names say the split and whether they were taken before or after adaptation
+(``query-acc-pre``, ``query-acc-post``, ``query-loss-pre``, ``query-loss-post``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedmeta.learners import Learner, Params
+from fedmeta.tasks import Task, TaskKind
+
+
+def evaluate_tasks(
+    learner: Learner, params: Params, tasks: list[Task], kind: TaskKind, steps: int | None = None
+) -> dict[str, list[float]]:
+    """Per-task query loss (and accuracy for classification) before and after ``adapt``."""
+    out: dict[str, list[float]] = {"query-loss-pre": [], "query-loss-post": []}
+    if kind.accuracy is not None:
+        out |= {"query-acc-pre": [], "query-acc-post": []}
+    for task in tasks:
+        adapted = learner.adapt(params, task.support_x, task.support_y, steps=steps)
+        for tag, p in (("pre", params), ("post", adapted)):
+            with torch.no_grad():
+                pred = learner.forward(p, task.query_x)
+                out[f"query-loss-{tag}"].append(float(kind.loss(pred, task.query_y)))
+                if kind.accuracy is not None:
+                    out[f"query-acc-{tag}"].append(kind.accuracy(pred, task.query_y))
+    return out

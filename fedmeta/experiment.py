@@ -1,0 +1,165 @@
+"""Everything a run builds from a scenario, built once per process and cached.
+
+The server and every client process build the same :class:`Experiment` from the scenario's
+JSON: the data source (loaded once per process), the client layout, the model, the learner and
+per-client samplers. All randomness is derived from the scenario seed and explicit keys, so two
+runs of one scenario see identical partitions, training tasks and evaluation tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fedmeta.config import Scenario, scenario_from_dict
+from fedmeta.data import DATASETS
+from fedmeta.data.base import DataSource
+from fedmeta.episodes import EpisodeSampler
+from fedmeta.errors import FedmetaError
+from fedmeta.learners import LEARNERS, Learner
+from fedmeta.models import MODELS
+from fedmeta.partition import PARTITIONERS, Layout, build_layout
+from fedmeta.tasks import Task
+
+TRAIN, EVAL, INIT = 1, 2, 3
+
+
+def rng_for(seed: int, *keys: int) -> np.random.Generator:
+    """A generator determined by the scenario seed and integer keys (purpose, round, client)."""
+    return np.random.default_rng([seed, *keys])
+
+
+def torch_seed_for(seed: int, *keys: int) -> int:
+    return int(rng_for(seed, *keys).integers(2**62))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_source(name: str, options_json: str, root: str | None, seed: int, download: bool):
+    spec = DATASETS.get(name, key="data.name")
+    options = spec.Options.model_validate(json.loads(options_json))
+    return spec.build(options, root, seed, download)
+
+
+def load_source(scenario: Scenario) -> DataSource:
+    """The scenario's data source, loaded once per process."""
+    d = scenario.data
+    return _load_source(d.name, d.options.model_dump_json(), d.root, d.seed, d.download)
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise FedmetaError("backend.device = 'cuda' but no CUDA device is visible; use 'auto'")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+@dataclass
+class Experiment:
+    """The built pieces of a scenario (see module docstring)."""
+
+    scenario: Scenario
+    source: DataSource
+    layout: Layout
+    model: nn.Module
+    learner: Learner
+    device: torch.device
+    _samplers: dict[int, EpisodeSampler] = field(default_factory=dict)
+    _eval_tasks: dict[int, list[Task]] = field(default_factory=dict)
+
+    @property
+    def n_clients(self) -> int:
+        return self.scenario.clients.train + self.scenario.clients.heldout
+
+    def is_heldout(self, partition_id: int) -> bool:
+        return partition_id >= self.scenario.clients.train
+
+    def sampler(self, partition_id: int) -> EpisodeSampler:
+        if partition_id not in self._samplers:
+            t = self.scenario.task
+            role = "held-out" if self.is_heldout(partition_id) else "training"
+            self._samplers[partition_id] = EpisodeSampler(
+                self.source, self.layout.shard(partition_id), t.n_way, t.k_shot, t.query,
+                who=f"{role} client {partition_id}",
+            )
+        return self._samplers[partition_id]
+
+    def eval_tasks(self, partition_id: int) -> list[Task]:
+        """The fixed evaluation tasks of a client: the same in every round and every strategy."""
+        if partition_id not in self._eval_tasks:
+            rng = rng_for(self.scenario.seed, EVAL, partition_id)
+            n = self.scenario.evaluation.tasks_per_client
+            tasks = self.sampler(partition_id).sample(rng, n)
+            self._eval_tasks[partition_id] = [t.to(self.device) for t in tasks]
+        return self._eval_tasks[partition_id]
+
+    def train_sampler(self, partition_id: int, server_round: int):
+        """``sample(n)`` for one client's local update in one round (seeds torch as well)."""
+        seed = self.scenario.seed
+        torch.manual_seed(torch_seed_for(seed, TRAIN, server_round, partition_id))
+        rng = rng_for(seed, TRAIN, server_round, partition_id)
+        sampler = self.sampler(partition_id)
+        return lambda n: [t.to(self.device) for t in sampler.sample(rng, n)]
+
+    def initial_params(self) -> dict[str, Tensor]:
+        """Seeded initial meta-parameters (CPU tensors)."""
+        torch.manual_seed(torch_seed_for(self.scenario.seed, INIT))
+        model = build_model(self.scenario, self.source)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def to_device(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in params.items()}
+
+
+def build_model(scenario: Scenario, source: DataSource) -> nn.Module:
+    cls = MODELS.get(scenario.model.name, key="model.name")
+    out = scenario.task.n_way if source.kind.accuracy is not None else 1
+    try:
+        return cls(source.feature_shape, out, **scenario.model.options.model_dump())
+    except ValueError as exc:
+        raise FedmetaError(
+            f"model.name = {scenario.model.name!r} does not fit data.name = "
+            f"{scenario.data.name!r}: {exc}; pick another model"
+        ) from None
+
+
+def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
+    """Build an experiment; with ``check_all`` every client's sampler is built (to validate)."""
+    source = load_source(scenario)
+    if source.kind.accuracy is None and scenario.task.n_way != 1:
+        raise FedmetaError(
+            f"task.n-way = {scenario.task.n_way} but {scenario.data.name} is a regression "
+            f"dataset; set task.n-way = 1"
+        )
+    partitioner = PARTITIONERS.get(scenario.partition.name, key="partition.name")(
+        scenario.partition.options
+    )
+    layout = build_layout(
+        source, partitioner, scenario.clients.train, scenario.clients.heldout, scenario.seed
+    )
+    device = pick_device(scenario.backend.device)
+    model = build_model(scenario, source).to(device)
+    learner = LEARNERS.get(scenario.learner.name, key="learner.name")(
+        model, source.kind.loss, scenario.learner.options
+    )
+    exp = Experiment(scenario, source, layout, model, learner, device)
+    if check_all:
+        for pid in range(exp.n_clients):
+            exp.sampler(pid)
+    return exp
+
+
+@functools.lru_cache(maxsize=2)
+def experiment_from_json(scenario_json: str) -> Experiment:
+    """The per-process cached experiment of a scenario sent over the wire as JSON."""
+    return build_experiment(scenario_from_dict(json.loads(scenario_json)))
+
+
+def scenario_json(scenario: Scenario) -> str:
+    return json.dumps(scenario.to_toml(), sort_keys=True)

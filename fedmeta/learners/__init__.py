@@ -1,0 +1,11 @@
+"""Local meta-learning algorithms, one per file, resolved by name through :data:`LEARNERS`."""
+
+from fedmeta.learners.base import Learner, LearnerConfig, Params
+from fedmeta.registry import Registry
+
+LEARNERS: Registry[type[Learner]] = Registry("learner")
+
+__all__ = ["LEARNERS", "Learner", "LearnerConfig", "Params"]
+
+# Importing each algorithm's module registers it in LEARNERS (the imports must follow LEARNERS).
+from fedmeta.learners import fedavg, fomaml, maml, perfedavg, reptile  # noqa: E402, F401

@@ -1,0 +1,154 @@
+"""The learner interface shared by every local meta-learning algorithm.
+
+A learner turns the global meta-parameters into a client's new parameters (``w + delta``) using
+only that client's tasks, and provides the ``adapt`` step used at evaluation. Parameters are
+handled functionally (``torch.func.functional_call``), so inner loops never mutate the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fedmeta.options import Options
+from fedmeta.tasks import LossFn, Task, TaskBatchFn
+
+Params = dict[str, Tensor]
+
+OUTER_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+class LearnerConfig(Options):
+    """Hyper-parameters of a client's local update and of evaluation-time adaptation.
+
+    Attributes
+    ----------
+    local_steps : int
+        Meta-steps (outer updates) a client takes per round.
+    tasks_per_step : int
+        Tasks in one meta-batch.
+    inner_steps : int
+        Gradient steps on the support set inside one task during training.
+    inner_lr : float
+        Inner-loop (adaptation) learning rate.
+    outer_lr : float
+        Learning rate of the client's local outer optimizer.
+    outer_optimizer : str
+        ``"adam"`` or ``"sgd"``; a fresh optimizer is created for each local update.
+    eval_inner_steps : int
+        Adaptation steps at evaluation.
+    """
+
+    local_steps: int = Field(5, ge=1)
+    tasks_per_step: int = Field(4, ge=1)
+    inner_steps: int = Field(1, ge=0)
+    inner_lr: float = Field(0.4, ge=0)
+    outer_lr: float = Field(1e-3, gt=0)
+    outer_optimizer: Literal["adam", "sgd"] = "adam"
+    eval_inner_steps: int = Field(3, ge=0)
+
+
+def sgd_step(params: Params, grads: tuple[Tensor, ...] | list[Tensor], lr: float) -> Params:
+    """``params - lr * grads`` as a new dict (differentiable when the grads are)."""
+    return {k: p - lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
+
+
+class Learner:
+    """Base class: a local update over the client's tasks plus evaluation-time adaptation.
+
+    Subclasses that are gradient-based meta-learners implement :meth:`meta_gradient`; the default
+    :meth:`local_update` then runs ``local_steps`` outer steps of the configured optimizer.
+    Algorithms whose local update is not "optimizer on a meta-gradient" (Reptile, FedAvg)
+    override :meth:`local_update` instead.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Architecture only; parameters are always passed explicitly.
+    loss_fn : LossFn
+        ``loss(prediction, target)`` for the dataset's task kind.
+    cfg : LearnerConfig
+        Hyper-parameters.
+    """
+
+    Options: type[LearnerConfig] = LearnerConfig
+    """The options table this learner accepts (subclasses may extend it)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: LearnerConfig) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.cfg = cfg
+
+    # -- functional helpers -------------------------------------------------------------
+    def forward(self, params: Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, params, (x,))
+
+    def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        return self.loss_fn(self.forward(params, x), y)
+
+    def inner_loop(
+        self, params: Params, x: Tensor, y: Tensor, steps: int, lr: float, create_graph: bool
+    ) -> Params:
+        """``steps`` SGD steps on ``(x, y)`` from ``params``; differentiable if ``create_graph``."""
+        fast = params
+        for _ in range(steps):
+            grads = torch.autograd.grad(
+                self.loss(fast, x, y), tuple(fast.values()), create_graph=create_graph
+            )
+            fast = sgd_step(fast, grads, lr)
+        return fast
+
+    # -- the interface ------------------------------------------------------------------
+    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
+        """Gradient of the meta-objective averaged over ``tasks``, and metrics.
+
+        ``params`` are leaf tensors with ``requires_grad=True``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define a meta-gradient")
+
+    def local_update(
+        self, params: Params, sample_tasks: TaskBatchFn
+    ) -> tuple[Params, dict[str, float]]:
+        """Run the client's local meta-training from ``params``; return new params and metrics.
+
+        Returned tensors are detached. Metrics are averaged over local steps; the key
+        ``"train-loss"`` is the mean query loss after adaptation (or training loss).
+        """
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        opt = OUTER_OPTIMIZERS[self.cfg.outer_optimizer](leaves.values(), lr=self.cfg.outer_lr)
+        totals: dict[str, float] = {}
+        for _ in range(self.cfg.local_steps):
+            grads, metrics = self.meta_gradient(leaves, sample_tasks(self.cfg.tasks_per_step))
+            for k, p in leaves.items():
+                p.grad = grads[k].detach()
+            opt.step()
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + value / self.cfg.local_steps
+        return {k: v.detach() for k, v in leaves.items()}, totals
+
+    def adapt(
+        self,
+        params: Params,
+        x: Tensor,
+        y: Tensor,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> Params:
+        """Adapt to one task's support set (no graph kept). Defaults: ``eval_inner_steps``,
+        ``inner_lr``."""
+        steps = self.cfg.eval_inner_steps if steps is None else steps
+        lr = self.cfg.inner_lr if lr is None else lr
+        start = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            fast = self.inner_loop(start, x, y, steps, lr, create_graph=False)
+        return {k: v.detach() for k, v in fast.items()}
+
+

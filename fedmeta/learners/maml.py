@@ -1,0 +1,105 @@
+"""MAML: model-agnostic meta-learning with second-order meta-gradients.
+
+Finn, Abbeel and Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks", ICML. For each task, the meta-parameters ``w`` are adapted on the support set by
+``inner_steps`` SGD steps of size ``inner_lr``; the meta-objective is the query loss at the
+adapted parameters, averaged over the tasks of a meta-batch.
+
+The machinery here is shared with first-order MAML (:mod:`fedmeta.learners.fomaml`), which only
+flips :attr:`MAML.first_order`. Tasks are processed in a Python loop, never with
+``torch.func.vmap``: vmap gives wrong second-order meta-gradients with batch-statistics
+BatchNorm (see the module docstring of :mod:`fedmeta.models`). Each task's gradient is taken
+with its own ``torch.autograd.grad`` call, so its graph is freed before the next task starts.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from fedmeta.learners import LEARNERS
+from fedmeta.learners.base import Learner, Params
+from fedmeta.tasks import Task
+
+
+@LEARNERS.register("maml", help="second-order MAML (Finn et al., 2017)")
+class MAML(Learner):
+    """Second-order MAML; set :attr:`first_order` in a subclass for FOMAML.
+
+    The meta-gradient of one task is ``d/dw L_query(U(w))`` where ``U`` is ``inner_steps`` SGD
+    steps on the support loss. With ``first_order = False`` it is differentiated through the
+    inner loop exactly (``create_graph=True``); with ``first_order = True`` the inner gradients
+    are treated as constants, so the meta-gradient is ``grad L_query`` evaluated at ``U(w)``.
+
+    Attributes
+    ----------
+    first_order : bool
+        Whether to drop the second-order terms (Finn et al., 2017, section 5.2).
+    """
+
+    first_order: ClassVar[bool] = False
+
+    def task_gradient(self, params: Params, task: Task) -> tuple[tuple[Tensor, ...], Tensor]:
+        """Meta-gradient and post-adaptation query loss for one task.
+
+        Parameters
+        ----------
+        params : Params
+            Leaf meta-parameters with ``requires_grad=True``.
+        task : Task
+            The episode: adapt on its support set, score on its query set.
+
+        Returns
+        -------
+        tuple[tuple[Tensor, ...], Tensor]
+            The gradient (one tensor per parameter, in ``params`` order) and the detached query
+            loss after adaptation.
+        """
+        fast = self.inner_loop(
+            params,
+            task.support_x,
+            task.support_y,
+            self.cfg.inner_steps,
+            self.cfg.inner_lr,
+            create_graph=not self.first_order,
+        )
+        if self.first_order:
+            # Cut the graph: the gradient at the adapted point is the first-order meta-gradient.
+            fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+            wrt = tuple(fast.values())
+        else:
+            wrt = tuple(params.values())
+        query_loss = self.loss(fast, task.query_x, task.query_y)
+        grads = torch.autograd.grad(query_loss, wrt)
+        return grads, query_loss.detach()
+
+    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
+        """Mean over ``tasks`` of the per-task meta-gradient.
+
+        Parameters
+        ----------
+        params : Params
+            Leaf meta-parameters with ``requires_grad=True``.
+        tasks : list[Task]
+            The meta-batch.
+
+        Returns
+        -------
+        tuple[Params, dict[str, float]]
+            The meta-gradient keyed like ``params`` and ``{"train-loss": mean query loss after
+            adaptation}``.
+        """
+        if not tasks:
+            raise ValueError("meta_gradient needs at least one task")
+        total = [torch.zeros_like(p) for p in params.values()]
+        loss_sum = 0.0
+        for task in tasks:
+            grads, query_loss = self.task_gradient(params, task)
+            for acc, g in zip(total, grads, strict=True):
+                acc.add_(g)
+            loss_sum += query_loss.item()
+        n = len(tasks)
+        meta = {k: acc / n for k, acc in zip(params, total, strict=True)}
+        return meta, {"train-loss": loss_sum / n}

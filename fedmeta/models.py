@@ -1,0 +1,103 @@
+"""Models: Conv4 (the MAML Omniglot network) and an MLP.
+
+Finn, Abbeel and Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks", ICML: four blocks of 3x3 convolutions with 64 filters, normalisation and ReLU; on
+28x28 Omniglot the convolutions use stride 2 instead of max-pooling.
+
+Normalisation: ``"batch"`` is BatchNorm with batch statistics only
+(``track_running_stats=False``), as in MAML; it has no buffers, so a model's state is exactly its
+parameters, and its meta-gradients are exact when tasks are processed in a Python loop (they are
+wrong under ``torch.func.vmap``, so fedmeta never vmaps over tasks). ``"group"`` and ``"none"``
+are the alternatives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from fedmeta.options import Options
+from fedmeta.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+class Conv4Options(Options):
+    width: int = Field(64, ge=1)
+    norm: Literal["batch", "group", "none"] = "batch"
+
+
+class MLPOptions(Options):
+    hidden: tuple[int, ...] = (40, 40)
+
+
+@MODELS.register("conv4", help="4 conv blocks (3x3, stride 2) + linear head; MAML's Omniglot net")
+class Conv4(nn.Module):
+    """Conv4 with ``width`` channels per block and an ``n_way`` linear head.
+
+    Parameters
+    ----------
+    in_shape : tuple[int, int, int]
+        ``(channels, height, width)`` of one example.
+    n_way : int
+        Number of output classes.
+    width : int
+        Channels of every block (64 in MAML).
+    norm : str
+        ``"batch"``, ``"group"`` or ``"none"``.
+    """
+
+    Options = Conv4Options
+
+    def __init__(
+        self, in_shape: tuple[int, ...], n_way: int, width: int = 64, norm: str = "batch"
+    ) -> None:
+        super().__init__()
+        if len(in_shape) != 3:
+            raise ValueError(f"conv4 needs (channels, height, width) inputs, got {in_shape}")
+        layers: list[nn.Module] = []
+        c, h, w = in_shape
+        for _ in range(4):
+            layers += [nn.Conv2d(c, width, 3, stride=2, padding=1), _norm(norm, width), nn.ReLU()]
+            c, h, w = width, (h + 1) // 2, (w + 1) // 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(c * h * w, n_way)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@MODELS.register("mlp", help="fully connected ReLU network; sinusoid regression, tabular data")
+class MLP(nn.Module):
+    """A ReLU MLP with hidden sizes ``hidden`` (MAML's sinusoid net is ``(40, 40)``)."""
+
+    Options = MLPOptions
+
+    def __init__(
+        self, in_shape: tuple[int, ...], n_way: int, hidden: tuple[int, ...] = (40, 40)
+    ) -> None:
+        super().__init__()
+        sizes = [math.prod(in_shape), *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(sizes[-1], n_way)
+
+    def forward(self, x):
+        return self.head(self.features(x))

@@ -1,0 +1,58 @@
+"""Live progress for ``fedmeta run``: round, clients, latest held-out accuracy and ETA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class RichProgress:
+    """A one-line rich progress bar (written to stderr, so stdout stays clean)."""
+
+    def __init__(self, name: str, console: Console | None = None) -> None:
+        self.name = name
+        self.console = console or Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.task = None
+
+    def start(self, total_rounds: int, first_round: int) -> None:
+        self.bar.start()
+        done = max(0, first_round - 1)
+        self.task = self.bar.add_task(self.name, total=total_rounds, completed=done,
+                                      status="starting clients")
+
+    def update(self, server_round: int, info: dict[str, Any]) -> None:
+        latest = info.get("latest") or {}
+        parts = [f"round {server_round}"]
+        if "clients" in info:
+            parts.append(f"clients {info['clients']}")
+        if "query-acc-post" in latest:
+            parts.append(
+                f"held-out acc {latest['query-acc-pre']:.3f} -> {latest['query-acc-post']:.3f}"
+                f" (r{latest['round']})"
+            )
+        elif "query-loss-post" in latest:
+            parts.append(f"held-out loss {latest['query-loss-post']:.3f} (r{latest['round']})")
+        self.bar.update(self.task, completed=max(server_round, 0), status="  ".join(parts))
+
+    def finish(self) -> None:
+        self.bar.stop()

@@ -1,0 +1,63 @@
+"""Name registries: every pluggable piece is resolved once, by name, here.
+
+Clients and strategies never switch on strings; they receive objects built from a registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from fedmeta.errors import FedmetaError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A mapping from names to factories, with helpful errors for unknown names.
+
+    Parameters
+    ----------
+    kind : str
+        What the registry holds, used in error messages (for example ``"learner"``).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, help: str = "") -> Callable[[T], T]:
+        """Decorator that registers ``obj`` under ``name``."""
+
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = obj
+            doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()[0:1]
+            self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            return obj
+
+        return deco
+
+    def get(self, name: str, key: str | None = None) -> T:
+        """Return the entry named ``name``; raise :class:`FedmetaError` naming ``key`` if unknown."""
+        try:
+            return self._items[name]
+        except KeyError:
+            where = f"{key} = {name!r}" if key else repr(name)
+            raise FedmetaError(
+                f"unknown {self.kind} {where}; choose one of: {', '.join(sorted(self._items))}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def describe(self, name: str) -> str:
+        return self._help.get(name, "")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

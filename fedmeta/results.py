@@ -1,0 +1,114 @@
+"""Run directories: atomic writes, per-round metrics, checkpoints and resume.
+
+Layout of ``runs/<name>-<timestamp>/``::
+
+    scenario.toml       the resolved scenario (every default written out)
+    metrics.jsonl       one JSON record per round per metric
+    checkpoint.pt       latest meta-parameters, server-optimiser state and counters
+    final.pt            final meta-parameters (a torch state dict)
+    summary.json        final held-out accuracy with CI, wall time, bytes communicated
+
+Every file is written to a temporary file and moved into place, so a crash never leaves a
+half-written result; ``metrics.jsonl`` is appended line by line and truncated back to the last
+checkpointed round on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+
+from fedmeta.errors import FedmetaError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """Reads and writes one run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def write_scenario(self, resolved: dict) -> None:
+        atomic_write_text(self.path / "scenario.toml", tomli_w.dumps(resolved))
+
+    def append_metrics(self, server_round: int, phase: str, metrics: dict[str, Any]) -> None:
+        """Append one record per metric: ``{"round", "phase", "metric", "value"}``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as f:
+            for name, value in metrics.items():
+                rec = {"round": server_round, "phase": phase, "metric": name, "value": value}
+                f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        lines = self.metrics_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_torch_save(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, weights_only=False)
+
+    def truncate_metrics(self, last_round: int) -> None:
+        """Drop metric records of rounds after ``last_round`` (work lost in a crash)."""
+        kept = [r for r in self.read_metrics() if r["round"] <= last_round]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_final(self, params: dict[str, torch.Tensor], summary: dict[str, Any]) -> None:
+        atomic_torch_save(self.path / "final.pt", params)
+        atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def read_summary(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "summary.json").read_text())
+        except FileNotFoundError:
+            raise FedmetaError(f"{self.path} has no summary.json; is it a finished run?") from None

@@ -1,0 +1,72 @@
+"""Run a scenario as a Flower simulation (Ray backend) in this process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from fedmeta.config import Scenario
+from fedmeta.results import RunDir
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def backend_config(scenario: Scenario) -> dict[str, Any]:
+    """Flower's backend config: per-client resources, and ``ray.init`` arguments.
+
+    With ``backend.ray-address`` the simulation joins an existing Ray cluster (started with
+    ``ray start --head``); otherwise it starts a local one.
+    """
+    b = scenario.backend
+    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
+    if b.ray_address:
+        init_args["address"] = b.ray_address
+    elif b.ray_num_cpus:
+        init_args["num_cpus"] = b.ray_num_cpus
+    return {
+        "client_resources": {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus},
+        "init_args": init_args,
+    }
+
+
+def quiet() -> None:
+    """Silence Flower's per-round INFO logs and deprecation chatter; fedmeta shows progress."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def simulate(scenario: Scenario, run_dir: RunDir, progress) -> dict[str, Any]:
+    """Run the scenario's federated training to the end; return the summary."""
+    quiet()
+    import ray
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from server.app import make_server_app
+
+    result: dict[str, Any] = {}
+    server_app = make_server_app(scenario, run_dir, progress, result)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=scenario.clients.train + scenario.clients.heldout,
+            backend_config=backend_config(scenario),
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    if "summary" not in result:
+        raise RuntimeError("the simulation ended without a summary; see the log above")
+    return result["summary"]

@@ -1,0 +1,61 @@
+"""Few-shot tasks and the two task kinds (classification and regression).
+
+A task is one episode: a support set to adapt on and a query set to score on
+(Vinyals et al., 2016, "Matching Networks for One Shot Learning").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Task:
+    """One few-shot episode.
+
+    ``support_y`` and ``query_y`` hold class positions ``0..n_way-1`` (int64) for classification,
+    or float targets of shape ``(n, 1)`` for regression.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def to(self, device: torch.device | str) -> Task:
+        return Task(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+
+    def double(self) -> Task:
+        """Features in float64 (targets keep their dtype unless they are floats)."""
+
+        def cast(t: Tensor) -> Tensor:
+            return t.double() if t.is_floating_point() else t
+
+        return Task(*(cast(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+TaskBatchFn = Callable[[int], list[Task]]
+"""``sample(n)`` returns ``n`` freshly sampled tasks from one client's shard."""
+
+
+def _accuracy(pred: Tensor, y: Tensor) -> float:
+    return (pred.argmax(dim=-1) == y).float().mean().item()
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What a dataset's tasks are: the loss to train with and whether accuracy is defined."""
+
+    name: str
+    loss: LossFn
+    accuracy: Callable[[Tensor, Tensor], float] | None
+
+
+CLASSIFICATION = TaskKind("classification", F.cross_entropy, _accuracy)
+REGRESSION = TaskKind("regression", F.mse_loss, None)

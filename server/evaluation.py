@@ -1,0 +1,45 @@
+"""Held-out evaluation: pool per-task results from all held-out clients, with 95% CIs.
+
+Each held-out client replies with one value per evaluated task for every metric (lists in its
+MetricRecord). The pooled mean is over tasks and its 95% confidence interval is
+``1.96 * std / sqrt(n_tasks)``, the convention of Finn et al. (2017) and later few-shot papers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+
+PER_TASK = ("query-acc-pre", "query-acc-post", "query-loss-pre", "query-loss-post")
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and half-width of the normal-approximation 95% confidence interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def pool_heldout_metrics(contents: list[RecordDict]) -> MetricRecord:
+    """Pool per-task lists from the replies (ordered by partition id)."""
+    pooled: dict[str, list[float]] = {}
+    per_client: dict[str, list[float]] = {}
+    for content in contents:
+        record = next(iter(content.metric_records.values()))
+        for key in PER_TASK:
+            if key in record:
+                values = list(record[key])
+                pooled.setdefault(key, []).extend(values)
+                per_client.setdefault(key, []).append(float(np.mean(values)))
+    out = MetricRecord()
+    for key, values in pooled.items():
+        mean, ci = mean_ci95(values)
+        out[key] = mean
+        out[f"{key}-ci95"] = ci
+        out[f"{key}-per-client"] = per_client[key]
+    out["num-tasks"] = len(next(iter(pooled.values()), []))
+    out["num-clients"] = len(contents)
+    return out

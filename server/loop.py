@@ -1,0 +1,149 @@
+"""The server's round loop: train, aggregate, evaluate held-out clients, checkpoint.
+
+It drives a Flower strategy through its four hooks (``configure_train``, ``aggregate_train``,
+``configure_evaluate``, ``aggregate_evaluate``), like ``Strategy.start``, but also maps nodes to
+partitions first, evaluates before round 1, writes metrics every round, checkpoints, and resumes
+from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from fedmeta.errors import FedmetaError
+from fedmeta.experiment import Experiment, scenario_json
+from fedmeta.results import RunDir
+from server.strategies import FedMetaMixin, build_strategy
+
+
+class Progress(Protocol):
+    def start(self, total_rounds: int, first_round: int) -> None: ...
+    def update(self, server_round: int, info: dict[str, Any]) -> None: ...
+    def finish(self) -> None: ...
+
+
+def wait_for_nodes(grid, expected: int, timeout: float = 300.0) -> list[int]:
+    """Block until ``expected`` nodes are connected (the ServerApp starts before they register)."""
+    t0 = time.monotonic()
+    while len(nodes := list(grid.get_node_ids())) < expected:
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"only {len(nodes)} of {expected} clients connected in {timeout}s")
+        time.sleep(0.1)
+    return sorted(nodes)
+
+
+def map_partitions(grid, nodes: list[int], config: ConfigRecord, timeout: float) -> dict[int, int]:
+    """One QUERY round: node id -> partition id."""
+    msgs = [
+        Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in nodes
+    ]
+    partition_of = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        _raise_if_error(reply)
+        partition_of[reply.metadata.src_node_id] = int(reply.content["info"]["partition-id"])
+    return partition_of
+
+
+def _raise_if_error(reply: Message) -> None:
+    if reply.has_error():
+        reason = reply.error.reason.strip().splitlines()
+        raise FedmetaError(f"a client failed: {reason[-1] if reason else 'unknown error'}")
+
+
+def array_bytes(arrays: ArrayRecord) -> int:
+    return int(sum(a.numpy().nbytes for a in arrays.values()))
+
+
+def _check(replies: Iterable[Message]) -> list[Message]:
+    replies = list(replies)
+    ok = [r for r in replies if not r.has_error()]
+    if replies and not ok:
+        _raise_if_error(replies[0])
+    return replies
+
+
+def eval_rounds(exp: Experiment) -> set[int]:
+    ev, rounds = exp.scenario.evaluation, exp.scenario.train.rounds
+    out = {r for r in range(1, rounds + 1) if r % ev.every == 0} | {rounds}
+    return out | ({0} if ev.at_start else set())
+
+
+def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
+    """Run (or resume) the whole federated training; returns the summary dict."""
+    sc = exp.scenario
+    config = ConfigRecord({"scenario": scenario_json(sc)})
+    if sc.evaluation.inner_steps is not None:
+        config["eval-inner-steps"] = sc.evaluation.inner_steps
+    nodes = wait_for_nodes(grid, exp.n_clients)
+    partition_of = map_partitions(grid, nodes, config, sc.train.timeout)
+    strategy: FedMetaMixin = build_strategy(sc.strategy.name, sc.strategy.options)
+    strategy.bind(partition_of, sc.clients.train, sc.train.fraction, sc.seed, eval_rounds(exp))
+
+    ckpt = run_dir.load_checkpoint()
+    if ckpt is None:
+        arrays = ArrayRecord(exp.initial_params())
+        state = {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0}
+    else:
+        arrays = ArrayRecord(ckpt["params"])
+        strategy.load_state(ckpt["strategy"])
+        state = ckpt["counters"]
+        run_dir.truncate_metrics(state["round"])
+    progress.start(sc.train.rounds, state["round"] + 1)
+    latest: dict[str, Any] = {}
+    t_resume = time.monotonic() - state["wall"]
+
+    for rnd in range(state["round"] + 1, sc.train.rounds + 1):
+        info: dict[str, Any] = {}
+        if rnd > 0:
+            msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), grid))
+            replies = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
+            ok = [r for r in replies if not r.has_error()]
+            state["bytes"] += array_bytes(arrays) * len(msgs)
+            state["bytes"] += sum(array_bytes(r.content["arrays"]) for r in ok)
+            compute = [float(r.content["metrics"]["compute-seconds"]) for r in ok]
+            state["compute"] += sum(compute)
+            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            info = {"clients": len(ok), "failed": len(replies) - len(ok)}
+            metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}
+            run_dir.append_metrics(rnd, "train", {**metrics, **info,
+                                                  "client-compute-seconds": compute})
+        msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), grid))
+        if msgs:
+            replies = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
+            state["bytes"] += array_bytes(arrays) * len(msgs)
+            heldout = strategy.aggregate_evaluate(rnd, replies)
+            if heldout is not None:
+                latest = {"round": rnd, **dict(heldout)}
+                run_dir.append_metrics(rnd, "heldout", dict(heldout))
+        state["round"] = rnd
+        state["wall"] = time.monotonic() - t_resume
+        run_dir.append_metrics(rnd, "system", {"wall-seconds": state["wall"],
+                                               "bytes-communicated": state["bytes"]})
+        if rnd % sc.train.checkpoint_every == 0 or rnd == sc.train.rounds:
+            run_dir.save_checkpoint({"params": arrays.to_torch_state_dict(),
+                                     "strategy": strategy.state(), "counters": dict(state)})
+        progress.update(rnd, {**info, "latest": latest, "wall": state["wall"]})
+    progress.finish()
+    return summarize(exp, latest, state)
+
+
+def summarize(exp: Experiment, latest: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json``: the final held-out metrics with CIs, wall time and bytes."""
+    sc = exp.scenario
+    heldout = {k: v for k, v in latest.items() if not k.endswith("-per-client")}
+    return {
+        "name": sc.name,
+        "rounds": sc.train.rounds,
+        "heldout": heldout,
+        "wall-seconds": round(state["wall"], 3),
+        "client-compute-seconds": round(state["compute"], 3),
+        "bytes-communicated": state["bytes"],
+        "mb-communicated": round(state["bytes"] / 2**20, 3),
+    }

@@ -1,0 +1,52 @@
+"""Shared test fixtures: real-data location and tiny scenarios."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def data_root() -> Path | None:
+    """``$FEDMETA_DATA`` or ``../shared/data`` when it exists."""
+    env = os.environ.get("FEDMETA_DATA")
+    for cand in ([Path(env)] if env else []) + [SHARED_DATA]:
+        if (cand / "omniglot").is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture
+def omniglot_env(monkeypatch):
+    root = data_root()
+    if root is None:
+        pytest.skip("Omniglot not found: set FEDMETA_DATA or place it in ../shared/data")
+    monkeypatch.setenv("FEDMETA_DATA", str(root))
+    return root
+
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "data": {"name": "synthetic", "num-classes": 40, "examples-per-class": 8},
+    "task": {"n-way": 3, "k-shot": 1, "query": 2},
+    "clients": {"train": 4, "heldout": 2},
+    "partition": {"name": "label-split"},
+    "model": {"name": "conv4", "width": 8},
+    "learner": {"name": "fomaml", "local-steps": 2, "tasks-per-step": 2, "inner-steps": 1},
+    "strategy": {"name": "fedavg"},
+    "train": {"rounds": 2, "fraction": 0.5},
+    "evaluation": {"every": 1, "tasks-per-client": 3},
+    "backend": {"num-cpus": 1},
+}
+
+
+@pytest.fixture
+def tiny_raw():
+    import copy
+
+    return copy.deepcopy(TINY)
