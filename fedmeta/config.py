@@ -46,6 +46,7 @@ class TrainOptions(Options):
 class EvaluationOptions(Options):
     every: int = Field(5, ge=1)
     tasks_per_client: int = Field(20, ge=1)
+    query: int | None = Field(None, ge=1)
     inner_steps: int | None = Field(None, ge=0)
     at_start: bool = True
 

@@ -70,7 +70,7 @@ class Experiment:
     model: nn.Module
     learner: Learner
     device: torch.device
-    _samplers: dict[int, EpisodeSampler] = field(default_factory=dict)
+    _samplers: dict[tuple[int, int], EpisodeSampler] = field(default_factory=dict)
     _eval_tasks: dict[int, list[Task]] = field(default_factory=dict)
 
     @property
@@ -80,22 +80,24 @@ class Experiment:
     def is_heldout(self, partition_id: int) -> bool:
         return partition_id >= self.scenario.clients.train
 
-    def sampler(self, partition_id: int) -> EpisodeSampler:
-        if partition_id not in self._samplers:
-            t = self.scenario.task
+    def sampler(self, partition_id: int, query: int | None = None) -> EpisodeSampler:
+        """The client's episode sampler (``query`` examples per class; default ``task.query``)."""
+        t = self.scenario.task
+        query = query or t.query
+        if (partition_id, query) not in self._samplers:
             role = "held-out" if self.is_heldout(partition_id) else "training"
-            self._samplers[partition_id] = EpisodeSampler(
-                self.source, self.layout.shard(partition_id), t.n_way, t.k_shot, t.query,
+            self._samplers[partition_id, query] = EpisodeSampler(
+                self.source, self.layout.shard(partition_id), t.n_way, t.k_shot, query,
                 who=f"{role} client {partition_id}",
             )
-        return self._samplers[partition_id]
+        return self._samplers[partition_id, query]
 
     def eval_tasks(self, partition_id: int) -> list[Task]:
         """The fixed evaluation tasks of a client: the same in every round and every strategy."""
         if partition_id not in self._eval_tasks:
             rng = rng_for(self.scenario.seed, EVAL, partition_id)
-            n = self.scenario.evaluation.tasks_per_client
-            tasks = self.sampler(partition_id).sample(rng, n)
+            ev = self.scenario.evaluation
+            tasks = self.sampler(partition_id, ev.query).sample(rng, ev.tasks_per_client)
             self._eval_tasks[partition_id] = [t.to(self.device) for t in tasks]
         return self._eval_tasks[partition_id]
 
@@ -151,7 +153,7 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
     exp = Experiment(scenario, source, layout, model, learner, device)
     if check_all:
         for pid in range(exp.n_clients):
-            exp.sampler(pid)
+            exp.sampler(pid, scenario.evaluation.query if exp.is_heldout(pid) else None)
     return exp
 
 

@@ -100,6 +100,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
     for rnd in range(state["round"] + 1, sc.train.rounds + 1):
         info: dict[str, Any] = {}
         if rnd > 0:
+            t_train = time.monotonic()
             msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), grid))
             replies = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
             ok = [r for r in replies if not r.has_error()]
@@ -110,7 +111,8 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = new_arrays
-            info = {"clients": len(ok), "failed": len(replies) - len(ok)}
+            info = {"clients": len(ok), "failed": len(replies) - len(ok),
+                    "round-train-seconds": time.monotonic() - t_train}
             metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}
             run_dir.append_metrics(rnd, "train", {**metrics, **info,
                                                   "client-compute-seconds": compute})

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,10 @@ class Quiet:
         pass
 
 
+class SimulatedCrash(Exception):
+    pass
+
+
 class Crash(Quiet):
     """Simulates a crash after ``after`` rounds."""
 
@@ -37,7 +42,7 @@ class Crash(Quiet):
 
     def update(self, server_round, info):
         if server_round >= self.after:
-            raise KeyboardInterrupt
+            raise SimulatedCrash
 
 
 def heldout_metrics(run: Path) -> list[tuple]:
@@ -71,7 +76,7 @@ def test_same_seed_gives_identical_metrics_and_resume_continues_exactly(tmp_path
     sc = scenario_from_dict(tiny_raw)
     a, b = tmp_path / "a", tmp_path / "b"
     simulate(sc, RunDir(a), Quiet())
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedCrash):
         simulate(sc, RunDir(b), Crash(after=1))
     assert not (b / "summary.json").exists()
     assert RunDir(b).load_checkpoint()["counters"]["round"] == 1
@@ -90,7 +95,7 @@ def _free_port() -> int:
 def test_joins_an_existing_ray_cluster(tmp_path, tiny_raw):
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = _free_port()
-    env_tmp = tmp_path / "ray"
+    env_tmp = tempfile.mkdtemp(prefix="fmray", dir="/tmp")  # Ray's socket paths must be short
     start = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
              f"--temp-dir={env_tmp}"]
@@ -103,3 +108,4 @@ def test_joins_an_existing_ray_cluster(tmp_path, tiny_raw):
         assert summary["heldout"]["num-clients"] == 2
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(env_tmp, ignore_errors=True)

@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from fedmeta.errors import FedmetaError
+from fedmeta.options import Options
 from fedmeta.tasks import CLASSIFICATION, TaskKind
 
 
@@ -95,17 +95,8 @@ def resolve_root(dataset: str, configured: str | None, exists) -> Path:
     )
 
 
-def kebab(name: str) -> str:
-    """Alias generator: the TOML key of field ``num_classes`` is ``num-classes``."""
-    return name.replace("_", "-")
-
-
-class DatasetOptions(BaseModel):
-    """Base of every dataset spec's ``Options``: kebab-case keys, unknown keys rejected, frozen."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, alias_generator=kebab
-    )
+DatasetOptions = Options
+"""Base of every dataset spec's ``Options`` (kebab-case keys, unknown keys rejected, frozen)."""
 
 
 def split_pools(
