@@ -40,6 +40,7 @@ class TrainOptions(Options):
     rounds: int = Field(20, ge=1)
     fraction: float = Field(0.2, gt=0.0, le=1.0)
     timeout: float = Field(3600.0, gt=0)
+    max_seconds: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=1)
 
 

@@ -26,7 +26,7 @@ def backend_config(scenario: Scenario) -> dict[str, Any]:
     ``ray start --head``); otherwise it starts a local one.
     """
     b = scenario.backend
-    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
+    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if b.ray_address:
         init_args["address"] = b.ray_address
     elif b.ray_num_cpus:

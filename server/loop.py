@@ -116,6 +116,11 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
             metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}
             run_dir.append_metrics(rnd, "train", {**metrics, **info,
                                                   "client-compute-seconds": compute})
+        out_of_time = sc.train.max_seconds is not None and (
+            time.monotonic() - t_resume > sc.train.max_seconds
+        )
+        if out_of_time:
+            strategy.eval_rounds.add(rnd)  # the last round is always evaluated
         msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), grid))
         if msgs:
             replies = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
@@ -128,10 +133,12 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
         state["wall"] = time.monotonic() - t_resume
         run_dir.append_metrics(rnd, "system", {"wall-seconds": state["wall"],
                                                "bytes-communicated": state["bytes"]})
-        if rnd % sc.train.checkpoint_every == 0 or rnd == sc.train.rounds:
+        if rnd % sc.train.checkpoint_every == 0 or rnd == sc.train.rounds or out_of_time:
             run_dir.save_checkpoint({"params": arrays.to_torch_state_dict(),
                                      "strategy": strategy.state(), "counters": dict(state)})
         progress.update(rnd, {**info, "latest": latest, "wall": state["wall"]})
+        if out_of_time:
+            break
     progress.finish()
     return summarize(exp, latest, state)
 
@@ -142,7 +149,7 @@ def summarize(exp: Experiment, latest: dict[str, Any], state: dict[str, Any]) ->
     heldout = {k: v for k, v in latest.items() if not k.endswith("-per-client")}
     return {
         "name": sc.name,
-        "rounds": sc.train.rounds,
+        "rounds": state["round"],
         "heldout": heldout,
         "wall-seconds": round(state["wall"], 3),
         "client-compute-seconds": round(state["compute"], 3),

@@ -107,12 +107,28 @@ class Learner:
         return fast
 
     # -- the interface ------------------------------------------------------------------
-    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
-        """Gradient of the meta-objective averaged over ``tasks``, and metrics.
+    def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
+        """One task's contribution to the meta-gradient, and its training loss.
 
-        ``params`` are leaf tensors with ``requires_grad=True``.
+        ``params`` are leaf tensors with ``requires_grad=True``; the returned tensors are
+        detached and keyed like ``params``.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not define a meta-gradient")
+        raise NotImplementedError(f"{type(self).__name__} does not define a task gradient")
+
+    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
+        """Mean of :meth:`task_gradient` over ``tasks`` (one task at a time, so each task's
+        graph is freed before the next), and ``{"train-loss": mean task loss}``."""
+        if not tasks:
+            raise ValueError("a meta-step needs at least one task")
+        total = {k: torch.zeros_like(p) for k, p in params.items()}
+        loss_sum = 0.0
+        for task in tasks:
+            grads, loss = self.task_gradient(params, task)
+            for k, g in grads.items():
+                total[k].add_(g)
+            loss_sum += loss
+        n = len(tasks)
+        return {k: v / n for k, v in total.items()}, {"train-loss": loss_sum / n}
 
     def local_update(
         self, params: Params, sample_tasks: TaskBatchFn

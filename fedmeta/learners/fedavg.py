@@ -34,39 +34,14 @@ class FedAvg(Learner):
 
     The step "optimizer on the gradient of the mean pooled loss" is exactly the base class's
     :meth:`~fedmeta.learners.base.Learner.local_update` with :meth:`meta_gradient` returning
-    that gradient, so only :meth:`meta_gradient` is defined here. Each task is its own batch (a
-    Python loop, not one concatenated batch), so BatchNorm statistics are per task, as at
-    evaluation, and each task's graph is freed before the next.
+    that gradient, so only :meth:`task_gradient` is defined here. Each task is its own batch
+    (not one concatenated batch), so BatchNorm statistics are per task, as at evaluation.
     """
 
-    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
-        """Gradient of the mean pooled supervised loss over ``tasks``.
-
-        Parameters
-        ----------
-        params : Params
-            Leaf parameters with ``requires_grad=True``.
-        tasks : list[Task]
-            The batch of episodes.
-
-        Returns
-        -------
-        tuple[Params, dict[str, float]]
-            The gradient keyed like ``params`` and ``{"train-loss": mean pooled loss}`` at
-            ``params`` (before the step).
-        """
-        if not tasks:
-            raise ValueError("FedAvg needs at least one task per local step")
-        total = [torch.zeros_like(p) for p in params.values()]
-        loss_sum = 0.0
-        for task in tasks:
-            x, y = pooled(task)
-            loss = self.loss(params, x, y)
-            grads = torch.autograd.grad(loss, tuple(params.values()))
-            for acc, g in zip(total, grads, strict=True):
-                acc.add_(g)
-            loss_sum += loss.item()
-        n = len(tasks)
-        return {k: acc / n for k, acc in zip(params, total, strict=True)}, {
-            "train-loss": loss_sum / n
-        }
+    def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
+        """Gradient of the supervised loss on the task's pooled support and query examples,
+        and that loss (before the step)."""
+        x, y = pooled(task)
+        loss = self.loss(params, x, y)
+        grads = torch.autograd.grad(loss, tuple(params.values()))
+        return dict(zip(params, grads, strict=True)), loss.item()

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from fedmeta.learners import LEARNERS
 from fedmeta.learners.base import Learner, Params
@@ -41,7 +40,7 @@ class MAML(Learner):
 
     first_order: ClassVar[bool] = False
 
-    def task_gradient(self, params: Params, task: Task) -> tuple[tuple[Tensor, ...], Tensor]:
+    def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         """Meta-gradient and post-adaptation query loss for one task.
 
         Parameters
@@ -53,9 +52,8 @@ class MAML(Learner):
 
         Returns
         -------
-        tuple[tuple[Tensor, ...], Tensor]
-            The gradient (one tensor per parameter, in ``params`` order) and the detached query
-            loss after adaptation.
+        tuple[Params, float]
+            The detached gradient keyed like ``params`` and the query loss after adaptation.
         """
         fast = self.inner_loop(
             params,
@@ -73,33 +71,4 @@ class MAML(Learner):
             wrt = tuple(params.values())
         query_loss = self.loss(fast, task.query_x, task.query_y)
         grads = torch.autograd.grad(query_loss, wrt)
-        return grads, query_loss.detach()
-
-    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
-        """Mean over ``tasks`` of the per-task meta-gradient.
-
-        Parameters
-        ----------
-        params : Params
-            Leaf meta-parameters with ``requires_grad=True``.
-        tasks : list[Task]
-            The meta-batch.
-
-        Returns
-        -------
-        tuple[Params, dict[str, float]]
-            The meta-gradient keyed like ``params`` and ``{"train-loss": mean query loss after
-            adaptation}``.
-        """
-        if not tasks:
-            raise ValueError("meta_gradient needs at least one task")
-        total = [torch.zeros_like(p) for p in params.values()]
-        loss_sum = 0.0
-        for task in tasks:
-            grads, query_loss = self.task_gradient(params, task)
-            for acc, g in zip(total, grads, strict=True):
-                acc.add_(g)
-            loss_sum += query_loss.item()
-        n = len(tasks)
-        meta = {k: acc / n for k, acc in zip(params, total, strict=True)}
-        return meta, {"train-loss": loss_sum / n}
+        return dict(zip(params, grads, strict=True)), query_loss.item()

@@ -108,34 +108,6 @@ class PerFedAvgFO(Learner):
                 g = {k: g[k] - alpha * hv[k] for k in g}
         return g, query_loss.item()
 
-    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
-        """Mean over ``tasks`` of the per-task Per-FedAvg direction.
-
-        Parameters
-        ----------
-        params : Params
-            Leaf meta-parameters with ``requires_grad=True``.
-        tasks : list[Task]
-            The meta-batch.
-
-        Returns
-        -------
-        tuple[Params, dict[str, float]]
-            The direction keyed like ``params`` and ``{"train-loss": mean query loss at the
-            temporary models}``.
-        """
-        if not tasks:
-            raise ValueError("meta_gradient needs at least one task")
-        total = {k: torch.zeros_like(v) for k, v in params.items()}
-        loss_sum = 0.0
-        for task in tasks:
-            g, loss = self.task_gradient(params, task)
-            for k, v in g.items():
-                total[k].add_(v)
-            loss_sum += loss
-        n = len(tasks)
-        return {k: v / n for k, v in total.items()}, {"train-loss": loss_sum / n}
-
 
 @LEARNERS.register("perfedavg-hf", help="Per-FedAvg, Hessian-free (exact Hessian-vector products)")
 class PerFedAvgHF(PerFedAvgFO):

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import OUTER_OPTIMIZERS, Learner, Params
-from fedmeta.tasks import Task, TaskBatchFn
+from fedmeta.learners.base import Learner, Params
+from fedmeta.tasks import Task
 
 
 def pooled(task: Task) -> tuple[Tensor, Tensor]:
@@ -56,66 +56,18 @@ class Reptile(Learner):
       adaptive optimizer such as Adam. (Their Omniglot runs instead use Adam in the *inner* loop
       and SGD outside; here the inner loop is always SGD.)
 
-    A fresh outer optimizer is created for each local update, as in the base class.
+    The outer loop is the base class's :meth:`~fedmeta.learners.base.Learner.local_update`
+    (a fresh optimizer for each local update); only :meth:`task_gradient` is defined here.
     """
 
-    def adapted(self, params: Params, task: Task) -> tuple[Params, float]:
-        """Adapt ``params`` to one task and report its pooled loss at the adapted weights.
+    def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
+        """The negated Reptile direction ``w - phi`` of one task, and the pooled loss at ``phi``.
 
-        Parameters
-        ----------
-        params : Params
-            Starting weights (not modified; treated as constants).
-        task : Task
-            The episode whose pooled examples are trained on.
-
-        Returns
-        -------
-        tuple[Params, float]
-            Detached adapted weights ``phi`` and the pooled loss at ``phi``.
+        ``phi`` is ``params`` after ``inner_steps`` SGD steps on the task's pooled support and
+        query examples; the mean over a meta-batch is ``w - mean_i phi_i``.
         """
         x, y = pooled(task)
-        start = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        with torch.enable_grad():
-            fast = self.inner_loop(start, x, y, self.cfg.inner_steps, self.cfg.inner_lr, False)
-        phi = {k: v.detach() for k, v in fast.items()}
+        fast = self.inner_loop(params, x, y, self.cfg.inner_steps, self.cfg.inner_lr, False)
         with torch.no_grad():
-            loss = self.loss(phi, x, y).item()
-        return phi, loss
-
-    def local_update(
-        self, params: Params, sample_tasks: TaskBatchFn
-    ) -> tuple[Params, dict[str, float]]:
-        """Run ``local_steps`` Reptile meta-steps from ``params``.
-
-        Parameters
-        ----------
-        params : Params
-            Global meta-parameters (not modified).
-        sample_tasks : TaskBatchFn
-            ``sample_tasks(n)`` returns ``n`` tasks of this client.
-
-        Returns
-        -------
-        tuple[Params, dict[str, float]]
-            Detached new parameters and ``{"train-loss": mean pooled loss after adaptation}``.
-        """
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        opt = OUTER_OPTIMIZERS[self.cfg.outer_optimizer](leaves.values(), lr=self.cfg.outer_lr)
-        total_loss = 0.0
-        for _ in range(self.cfg.local_steps):
-            tasks = sample_tasks(self.cfg.tasks_per_step)
-            if not tasks:
-                raise ValueError("Reptile needs at least one task per meta-step")
-            phi_sum = {k: torch.zeros_like(v) for k, v in leaves.items()}
-            step_loss = 0.0
-            for task in tasks:
-                phi, loss = self.adapted(leaves, task)
-                for k, v in phi.items():
-                    phi_sum[k].add_(v)
-                step_loss += loss / len(tasks)
-            for k, p in leaves.items():
-                p.grad = p.detach() - phi_sum[k] / len(tasks)
-            opt.step()
-            total_loss += step_loss / self.cfg.local_steps
-        return {k: v.detach() for k, v in leaves.items()}, {"train-loss": total_loss}
+            loss = self.loss(fast, x, y).item()
+        return {k: (params[k] - fast[k]).detach() for k in params}, loss
