@@ -32,6 +32,7 @@ _ANGLE_SD = 0.2  # rotation, radians
 _SHEAR_SD = 0.12
 _SCALE = (0.8, 1.1)  # per-axis scale range
 _SHIFT = 0.1  # maximal shift per axis
+_SPAN = 1.4  # extent of a character along its longer side, before the warp
 
 
 class SyntheticSource(DataSource):
@@ -151,7 +152,7 @@ def _characters(n_strokes: np.ndarray, u: np.ndarray, z: np.ndarray) -> np.ndarr
     keep = np.minimum(np.arange(4)[None], n_strokes[:, None] - 1)  # (B, 4)
     ctrl = np.take_along_axis(ctrl, keep[:, :, None, None], 1)
     lo, hi = ctrl.min((1, 2)), ctrl.max((1, 2))  # (B, 2)
-    fit = np.minimum(2.0, 1.4 / (hi - lo).max(-1))[:, None, None, None]
+    fit = np.minimum(2.0, _SPAN / (hi - lo).max(-1))[:, None, None, None]
     return (ctrl - ((lo + hi) / 2)[:, None, None]) * fit
 
 
