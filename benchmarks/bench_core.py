@@ -83,6 +83,7 @@ def bench_round_overhead(rounds: int) -> None:
         run = RunDir(tmp)
         simulate(scenario_from_dict(raw), run, Quiet())
         recs = run.read_metrics()
+    loads = max(r["value"] for r in recs if r["metric"] == "process-data-loads")
     walls = {r["round"]: r["value"] for r in recs if r["metric"] == "round-train-seconds"}
     comps = {r["round"]: r["value"] for r in recs if r["metric"] == "client-compute-seconds"}
     actors = 2
@@ -97,6 +98,7 @@ def bench_round_overhead(rounds: int) -> None:
         print(f"| {rnd} | {wall:.2f} | {comp:.2f} | {100 * share:.1f}% |")
     later = shares[1:] or shares
     print(f"median share outside client compute (rounds 2+): {100 * statistics.median(later):.1f}%")
+    print(f"data-source builds per client process (max over rounds): {loads:g}")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmeta.evaluate import evaluate_tasks
-from fedmeta.experiment import Experiment, experiment_from_json
+from fedmeta.experiment import Experiment, data_loads, experiment_from_json
 
 app = ClientApp()
 
@@ -53,6 +53,7 @@ def train(msg: Message, context: Context) -> Message:
         **metrics,
         "num-examples": exp.layout.shard(pid).size,
         "compute-seconds": time.perf_counter() - t0,
+        "process-data-loads": data_loads(),
     }
     content = RecordDict({
         "arrays": ArrayRecord({k: v.cpu() for k, v in new_params.items()}),

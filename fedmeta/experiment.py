@@ -45,6 +45,11 @@ def _load_source(name: str, options_json: str, root: str | None, seed: int, down
     return spec.build(options, root, seed, download)
 
 
+def data_loads() -> int:
+    """How many times this process has built a data source (1 for a whole run)."""
+    return _load_source.cache_info().misses
+
+
 def load_source(scenario: Scenario) -> DataSource:
     """The scenario's data source, loaded once per process."""
     d = scenario.data

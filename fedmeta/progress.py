@@ -16,7 +16,8 @@ from rich.progress import (
 
 
 class RichProgress:
-    """A one-line rich progress bar (written to stderr, so stdout stays clean)."""
+    """A one-line rich progress bar on stderr (stdout stays clean); when stderr is not a
+    terminal (a log file, CI), one plain line per round instead."""
 
     def __init__(self, name: str, console: Console | None = None) -> None:
         self.name = name
@@ -35,6 +36,9 @@ class RichProgress:
         self.task = None
 
     def start(self, total_rounds: int, first_round: int) -> None:
+        self.total = total_rounds
+        if not self.console.is_terminal:
+            return
         self.bar.start()
         done = max(0, first_round - 1)
         self.task = self.bar.add_task(self.name, total=total_rounds, completed=done,
@@ -52,7 +56,13 @@ class RichProgress:
             )
         elif "query-loss-post" in latest:
             parts.append(f"held-out loss {latest['query-loss-post']:.3f} (r{latest['round']})")
+        if self.task is None:
+            wall = info.get("wall", 0.0)
+            self.console.print(f"{self.name}: {'  '.join(parts)}  of {self.total}  "
+                               f"[{wall:.0f}s]", highlight=False)
+            return
         self.bar.update(self.task, completed=max(server_round, 0), status="  ".join(parts))
 
     def finish(self) -> None:
-        self.bar.stop()
+        if self.task is not None:
+            self.bar.stop()
