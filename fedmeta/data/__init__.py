@@ -4,7 +4,7 @@ Every entry is a *dataset spec*: a class with a pydantic ``Options`` model (the 
 kebab-case keys, validated) and ``build(options, root, seed, download) -> DataSource``.
 """
 
-from fedmeta.data.base import DataSource, DatasetOptions, cache_dir, resolve_root
+from fedmeta.data.base import DatasetOptions, DataSource, cache_dir, resolve_root
 from fedmeta.registry import Registry
 
 DATASETS: Registry[type] = Registry("dataset")

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from fedmeta.data import DATASETS
-from fedmeta.data.base import DataSource, DatasetOptions, check_role, split_pools
+from fedmeta.data.base import DatasetOptions, DataSource, check_role, split_pools
 
 _BLOCK = 64  # classes rendered together (results do not depend on it)
 _POINTS = 24  # pen positions sampled along every stroke
@@ -27,11 +27,11 @@ _T = np.linspace(0.0, 1.0, _POINTS)
 _BERNSTEIN = np.stack([(1 - _T) ** 3, 3 * _T * (1 - _T) ** 2, 3 * _T**2 * (1 - _T), _T**3], 1)
 _PEN_SIGMA = 0.7  # Gaussian pen profile, in pixels at 28x28
 # How much renditions of one character differ (coordinates span [-1, 1]).
-_POINT_SD = 0.05  # control-point noise
-_ANGLE_SD = 0.2  # rotation, radians
+_POINT_SD = 0.06  # control-point noise
+_ANGLE_SD = 0.22  # rotation, radians
 _SHEAR_SD = 0.12
-_SCALE = (0.8, 1.1)  # per-axis scale range
-_SHIFT = 0.1  # maximal shift per axis
+_SCALE = (0.75, 1.12)  # per-axis scale range
+_SHIFT = 0.25  # maximal shift per axis
 _SPAN = 1.4  # extent of a character along its longer side, before the warp
 
 
@@ -164,7 +164,8 @@ def _renditions(ctrl: np.ndarray, z: np.ndarray, u: np.ndarray) -> tuple[np.ndar
     angle, shear = _ANGLE_SD * z[..., 32], _SHEAR_SD * z[..., 33]
     cos, sin = np.cos(angle), np.sin(angle)
     # Row-vector convention: p' = p @ (rotation @ shear).T * scale + shift.
-    m = np.stack([np.stack([cos, sin], -1), np.stack([shear * cos - sin, shear * sin + cos], -1)], -2)
+    rows = [np.stack([cos, sin], -1), np.stack([shear * cos - sin, shear * sin + cos], -1)]
+    m = np.stack(rows, -2)
     scale = (_SCALE[0] + (_SCALE[1] - _SCALE[0]) * u[..., 0:2])[:, :, None]
     shift = (_SHIFT * (2 * u[..., 2:4] - 1))[:, :, None]
     pts = np.matmul(_BERNSTEIN, ctrl).reshape(b, n, -1, 2)

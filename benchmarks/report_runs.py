@@ -1,0 +1,56 @@
+"""Summarise finished runs: held-out accuracy, wall time, simulator overhead, and a curve.
+
+For each run directory it prints the final held-out accuracy before/after adaptation with the
+95% CI, the wall time, the first round at which accuracy after adaptation reached
+``--target``, and the share of training-round wall time spent outside client compute
+(``1 - sum(client compute) / (actors * round wall time)``). With ``--plot`` it draws held-out
+accuracy after adaptation against wall-clock minutes for all runs.
+
+Run: ``python benchmarks/report_runs.py runs/omniglot-5w1s-* --plot docs/omniglot-curve.png``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedmeta.plots import heldout_curve, plot_heldout_vs_time
+from fedmeta.results import RunDir
+
+
+def overhead_share(run: Path, actors: int) -> float:
+    recs = RunDir(run).read_metrics()
+    wall = sum(r["value"] for r in recs if r["metric"] == "round-train-seconds")
+    compute = sum(sum(r["value"]) for r in recs if r["metric"] == "client-compute-seconds")
+    return 1.0 - compute / (actors * wall) if wall else float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--target", type=float, default=0.90)
+    p.add_argument("--actors", type=int, default=2, help="parallel client actors (2 cores)")
+    p.add_argument("--plot")
+    args = p.parse_args()
+    print("| run | rounds | wall min | acc pre | acc post (95% CI) | first round >= target "
+          "(min) | outside client compute |")
+    print("|---|---|---|---|---|---|---|")
+    runs = {}
+    for run in map(Path, args.runs):
+        summary = json.loads((run / "summary.json").read_text())
+        h = summary["heldout"]
+        hit = next(((r, w) for r, w, v, _ in heldout_curve(run) if v >= args.target), None)
+        hit_s = f"{hit[0]} ({hit[1] / 60:.1f})" if hit else "not reached"
+        print(f"| {summary['name']} | {summary['rounds']} | {summary['wall-seconds'] / 60:.1f} | "
+              f"{h['query-acc-pre']:.3f} | {h['query-acc-post']:.3f} ± "
+              f"{h['query-acc-post-ci95']:.3f} | {hit_s} | "
+              f"{100 * overhead_share(run, args.actors):.1f}% |")
+        runs[summary["name"]] = run
+    if args.plot:
+        out = plot_heldout_vs_time(runs, args.plot, title="Held-out hospitals, 5-way 1-shot")
+        print(f"plot: {out}")
+
+
+if __name__ == "__main__":
+    main()
