@@ -33,8 +33,10 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=2, help="parallel client actors (2 cores)")
     p.add_argument("--plot")
     args = p.parse_args()
-    print("| run | rounds | wall min | acc pre | acc post (95% CI) | first round >= target "
-          "(min) | outside client compute |")
+    print(
+        "| run | rounds | wall min | acc pre | acc post (95% CI) | first round >= target "
+        "(min) | outside client compute |"
+    )
     print("|---|---|---|---|---|---|---|")
     runs = {}
     for run in map(Path, args.runs):
@@ -42,10 +44,12 @@ def main() -> None:
         h = summary["heldout"]
         hit = next(((r, w) for r, w, v, _ in heldout_curve(run) if v >= args.target), None)
         hit_s = f"{hit[0]} ({hit[1] / 60:.1f})" if hit else "not reached"
-        print(f"| {summary['name']} | {summary['rounds']} | {summary['wall-seconds'] / 60:.1f} | "
-              f"{h['query-acc-pre']:.3f} | {h['query-acc-post']:.3f} ± "
-              f"{h['query-acc-post-ci95']:.3f} | {hit_s} | "
-              f"{100 * overhead_share(run, args.actors):.1f}% |")
+        print(
+            f"| {summary['name']} | {summary['rounds']} | {summary['wall-seconds'] / 60:.1f} | "
+            f"{h['query-acc-pre']:.3f} | {h['query-acc-post']:.3f} ± "
+            f"{h['query-acc-post-ci95']:.3f} | {hit_s} | "
+            f"{100 * overhead_share(run, args.actors):.1f}% |"
+        )
         runs[summary["name"]] = run
     if args.plot:
         out = plot_heldout_vs_time(runs, args.plot, title="Held-out hospitals, 5-way 1-shot")

@@ -55,10 +55,12 @@ def train(msg: Message, context: Context) -> Message:
         "compute-seconds": time.perf_counter() - t0,
         "process-data-loads": data_loads(),
     }
-    content = RecordDict({
-        "arrays": ArrayRecord({k: v.cpu() for k, v in new_params.items()}),
-        "metrics": MetricRecord(metrics),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: v.cpu() for k, v in new_params.items()}),
+            "metrics": MetricRecord(metrics),
+        }
+    )
     return Message(content, reply_to=msg)
 
 

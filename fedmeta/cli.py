@@ -17,14 +17,19 @@ from fedmeta.errors import FedmetaError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
-        raise FedmetaError(f"{message} (see 'fedmeta {self.prog.split()[-1]} --help')"
-                           if " " in self.prog else f"{message} (see 'fedmeta --help')")
+        raise FedmetaError(
+            f"{message} (see 'fedmeta {self.prog.split()[-1]} --help')"
+            if " " in self.prog
+            else f"{message} (see 'fedmeta --help')"
+        )
 
 
 def _fmt(summary: dict) -> str:
     h = summary.get("heldout", {})
-    lines = [f"run {summary['name']}: {summary['rounds']} rounds in {summary['wall-seconds']:.1f}s,"
-             f" {summary['mb-communicated']:.1f} MB communicated"]
+    lines = [
+        f"run {summary['name']}: {summary['rounds']} rounds in {summary['wall-seconds']:.1f}s,"
+        f" {summary['mb-communicated']:.1f} MB communicated"
+    ]
     for metric in ("query-acc", "query-loss"):
         if f"{metric}-pre" in h:
             pre, post = h[f"{metric}-pre"], h[f"{metric}-post"]
@@ -45,8 +50,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-{stamp}"
     if (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
-        raise FedmetaError(f"--out {str(out)!r} already holds a run; use 'fedmeta resume {out}'"
-                           " or another --out")
+        raise FedmetaError(
+            f"--out {str(out)!r} already holds a run; use 'fedmeta resume {out}' or another --out"
+        )
     return _execute(scenario, out)
 
 
@@ -100,8 +106,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from fedmeta.partition import PARTITIONERS
     from server.strategies import STRATEGIES
 
-    table = {"datasets": DATASETS, "partitioners": PARTITIONERS, "models": MODELS,
-             "learners": LEARNERS, "strategies": STRATEGIES}
+    table = {
+        "datasets": DATASETS,
+        "partitioners": PARTITIONERS,
+        "models": MODELS,
+        "learners": LEARNERS,
+        "strategies": STRATEGIES,
+    }
     if args.json:
         print(json.dumps({k: r.names() for k, r in table.items()}, indent=2))
         return 0
@@ -117,8 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a scenario file")
     run.add_argument("scenario")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key, e.g. --set train.rounds=5 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario key, e.g. --set train.rounds=5 (repeatable)",
+    )
     run.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     run.set_defaults(fn=cmd_run)
     res = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
@@ -141,6 +157,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     except FedmetaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `fedmeta list | head`
+        sys.stderr.close()
+        return 0
 
 
 def main() -> None:

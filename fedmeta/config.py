@@ -9,10 +9,10 @@ offending key and the fix.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedmeta.data import DATASETS
@@ -79,8 +79,13 @@ class DataSection(Named):
 
     def to_toml(self) -> dict:
         extra = {"root": self.root} if self.root else {}
-        return {"name": self.name, **extra, "download": self.download, "seed": self.seed,
-                **self.options.to_toml()}
+        return {
+            "name": self.name,
+            **extra,
+            "download": self.download,
+            "seed": self.seed,
+            **self.options.to_toml(),
+        }
 
 
 class Scenario(BaseModel):
@@ -110,24 +115,46 @@ class Scenario(BaseModel):
         out: dict[str, Any] = {"name": self.name, "seed": self.seed}
         if self.description:
             out["description"] = self.description
-        for key in ("data", "partition", "model", "learner", "strategy", "task", "clients",
-                    "train", "evaluation", "backend"):
+        for key in (
+            "data",
+            "partition",
+            "model",
+            "learner",
+            "strategy",
+            "task",
+            "clients",
+            "train",
+            "evaluation",
+            "backend",
+        ):
             out[key] = getattr(self, key).to_toml()
         return out
 
 
 PLAIN_TABLES: dict[str, type[Options]] = {
-    "task": TaskOptions, "clients": ClientsOptions, "train": TrainOptions,
-    "evaluation": EvaluationOptions, "backend": BackendOptions,
+    "task": TaskOptions,
+    "clients": ClientsOptions,
+    "train": TrainOptions,
+    "evaluation": EvaluationOptions,
+    "backend": BackendOptions,
 }
-DEFAULT_NAMES = {"data": "synthetic", "partition": "label-split", "model": "conv4",
-                 "learner": "maml", "strategy": "fedavg"}
+DEFAULT_NAMES = {
+    "data": "synthetic",
+    "partition": "label-split",
+    "model": "conv4",
+    "learner": "maml",
+    "strategy": "fedavg",
+}
 TOP_KEYS = {"name", "description", "seed", *PLAIN_TABLES, *DEFAULT_NAMES}
 
 
 def _suggest(key: str, allowed) -> str:
     close = difflib.get_close_matches(key, list(allowed), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {', '.join(sorted(allowed))}"
+    return (
+        f"; did you mean {close[0]!r}?"
+        if close
+        else f"; allowed keys: {', '.join(sorted(allowed))}"
+    )
 
 
 def _validate(model: type[BaseModel], raw: dict, table: str) -> BaseModel:
@@ -212,8 +239,12 @@ def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
                 f"scenario key 'data.{key}' must be a {typ.__name__} (got {extras[key]!r})"
             )
     fields["data"] = DataSection(name=name, options=opts, **extras)
-    for table, registry in (("partition", PARTITIONERS), ("model", MODELS),
-                            ("learner", LEARNERS), ("strategy", STRATEGIES)):
+    for table, registry in (
+        ("partition", PARTITIONERS),
+        ("model", MODELS),
+        ("learner", LEARNERS),
+        ("strategy", STRATEGIES),
+    ):
         name, opts, _ = _named(raw.get(table, {}), table, registry)
         fields[table] = Named(name=name, options=opts)
     return Scenario(**fields)

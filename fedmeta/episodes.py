@@ -28,7 +28,12 @@ class EpisodeSampler:
     """
 
     def __init__(
-        self, source: DataSource, shard: Shard, n_way: int, k_shot: int, query: int,
+        self,
+        source: DataSource,
+        shard: Shard,
+        n_way: int,
+        k_shot: int,
+        query: int,
         who: str = "client",
     ) -> None:
         self.source, self.shard = source, shard
@@ -48,7 +53,9 @@ class EpisodeSampler:
         classes = rng.choice(self.eligible, size=self.n_way, replace=False)
         sx, sy, qx, qy = [], [], [], []
         for pos, c in enumerate(classes):
-            pick = rng.choice(self.shard.examples[int(c)], size=self.k_shot + self.query, replace=False)
+            pick = rng.choice(
+                self.shard.examples[int(c)], size=self.k_shot + self.query, replace=False
+            )
             x, y = self.source.examples(int(c), pick)
             if y is None:
                 y = np.full(len(pick), pos, dtype=np.int64)

@@ -92,7 +92,11 @@ class Experiment:
         if (partition_id, query) not in self._samplers:
             role = "held-out" if self.is_heldout(partition_id) else "training"
             self._samplers[partition_id, query] = EpisodeSampler(
-                self.source, self.layout.shard(partition_id), t.n_way, t.k_shot, query,
+                self.source,
+                self.layout.shard(partition_id),
+                t.n_way,
+                t.k_shot,
+                query,
                 who=f"{role} client {partition_id}",
             )
         return self._samplers[partition_id, query]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
 from typing import Literal
 
 from pydantic import Field

@@ -99,7 +99,9 @@ class LabelSplit(Partitioner):
         if groups is None:
             return rng.permutation(pool)
         names = sorted(groups)
-        return np.concatenate([rng.permutation(groups[names[i]]) for i in rng.permutation(len(names))])
+        return np.concatenate(
+            [rng.permutation(groups[names[i]]) for i in rng.permutation(len(names))]
+        )
 
     def split(self, source: DataSource, n: int, rng: np.random.Generator) -> list[Shard]:
         order = self.order(source, "train", rng)

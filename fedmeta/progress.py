@@ -41,8 +41,9 @@ class RichProgress:
             return
         self.bar.start()
         done = max(0, first_round - 1)
-        self.task = self.bar.add_task(self.name, total=total_rounds, completed=done,
-                                      status="starting clients")
+        self.task = self.bar.add_task(
+            self.name, total=total_rounds, completed=done, status="starting clients"
+        )
 
     def update(self, server_round: int, info: dict[str, Any]) -> None:
         latest = info.get("latest") or {}
@@ -58,8 +59,9 @@ class RichProgress:
             parts.append(f"held-out loss {latest['query-loss-post']:.3f} (r{latest['round']})")
         if self.task is None:
             wall = info.get("wall", 0.0)
-            self.console.print(f"{self.name}: {'  '.join(parts)}  of {self.total}  "
-                               f"[{wall:.0f}s]", highlight=False)
+            self.console.print(
+                f"{self.name}: {'  '.join(parts)}  of {self.total}  [{wall:.0f}s]", highlight=False
+            )
             return
         self.bar.update(self.task, completed=max(server_round, 0), status="  ".join(parts))
 

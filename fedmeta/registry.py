@@ -34,14 +34,14 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
-            doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()[0:1]
-            self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            doc = (getattr(obj, "__doc__", None) or "").strip()
+            self._help[name] = help or (doc.splitlines()[0] if doc else "")
             return obj
 
         return deco
 
     def get(self, name: str, key: str | None = None) -> T:
-        """Return the entry named ``name``; raise :class:`FedmetaError` naming ``key`` if unknown."""
+        """The entry named ``name``; an unknown name raises :class:`FedmetaError` naming ``key``."""
         try:
             return self._items[name]
         except KeyError:

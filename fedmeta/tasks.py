@@ -28,7 +28,9 @@ class Task:
     query_y: Tensor
 
     def to(self, device: torch.device | str) -> Task:
-        return Task(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return Task(
+            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y))
+        )
 
     def double(self) -> Task:
         """Features in float64 (targets keep their dtype unless they are floats)."""
@@ -36,7 +38,9 @@ class Task:
         def cast(t: Tensor) -> Tensor:
             return t.double() if t.is_floating_point() else t
 
-        return Task(*(cast(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return Task(
+            *(cast(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y))
+        )
 
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

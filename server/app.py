@@ -31,8 +31,13 @@ class LogProgress:
 
     def update(self, server_round: int, info: dict[str, Any]) -> None:
         acc = info.get("latest", {}).get("query-acc-post")
-        log.warning("round %d/%d clients=%s acc-post=%s", server_round, self.total,
-                    info.get("clients"), f"{acc:.3f}" if acc is not None else "-")
+        log.warning(
+            "round %d/%d clients=%s acc-post=%s",
+            server_round,
+            self.total,
+            info.get("clients"),
+            f"{acc:.3f}" if acc is not None else "-",
+        )
 
     def finish(self) -> None:
         pass

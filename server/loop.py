@@ -111,11 +111,15 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = new_arrays
-            info = {"clients": len(ok), "failed": len(replies) - len(ok),
-                    "round-train-seconds": time.monotonic() - t_train}
+            info = {
+                "clients": len(ok),
+                "failed": len(replies) - len(ok),
+                "round-train-seconds": time.monotonic() - t_train,
+            }
             metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}
-            run_dir.append_metrics(rnd, "train", {**metrics, **info,
-                                                  "client-compute-seconds": compute})
+            run_dir.append_metrics(
+                rnd, "train", {**metrics, **info, "client-compute-seconds": compute}
+            )
         out_of_time = sc.train.max_seconds is not None and (
             time.monotonic() - t_resume > sc.train.max_seconds
         )
@@ -131,11 +135,17 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
                 run_dir.append_metrics(rnd, "heldout", dict(heldout))
         state["round"] = rnd
         state["wall"] = time.monotonic() - t_resume
-        run_dir.append_metrics(rnd, "system", {"wall-seconds": state["wall"],
-                                               "bytes-communicated": state["bytes"]})
+        run_dir.append_metrics(
+            rnd, "system", {"wall-seconds": state["wall"], "bytes-communicated": state["bytes"]}
+        )
         if rnd % sc.train.checkpoint_every == 0 or rnd == sc.train.rounds or out_of_time:
-            run_dir.save_checkpoint({"params": arrays.to_torch_state_dict(),
-                                     "strategy": strategy.state(), "counters": dict(state)})
+            run_dir.save_checkpoint(
+                {
+                    "params": arrays.to_torch_state_dict(),
+                    "strategy": strategy.state(),
+                    "counters": dict(state),
+                }
+            )
         progress.update(rnd, {**info, "latest": latest, "wall": state["wall"]})
         if out_of_time:
             break

@@ -52,7 +52,11 @@ class FedMetaMixin:
     """
 
     def bind(
-        self, partition_of: dict[int, int], n_train: int, fraction: float, seed: int,
+        self,
+        partition_of: dict[int, int],
+        n_train: int,
+        fraction: float,
+        seed: int,
         eval_rounds: set[int],
     ) -> None:
         self.partition_of = partition_of
@@ -89,7 +93,9 @@ class FedMetaMixin:
         view = _SubsetGrid(grid, self.heldout_nodes)
         return super().configure_evaluate(server_round, arrays, config, view)  # type: ignore[misc]
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         valid = [m for m in self._sorted(replies) if not m.has_error()]
         if not valid:
             return None
@@ -160,8 +166,12 @@ class FedAdamSpec(StrategySpec):
 
     @staticmethod
     def kwargs(options: Any) -> dict[str, Any]:
-        return {"eta": options.eta, "beta_1": options.beta_1, "beta_2": options.beta_2,
-                "tau": options.tau}
+        return {
+            "eta": options.eta,
+            "beta_1": options.beta_1,
+            "beta_2": options.beta_2,
+            "tau": options.tau,
+        }
 
 
 def build_strategy(name: str, options: Any) -> FedMetaMixin:
@@ -170,6 +180,10 @@ def build_strategy(name: str, options: Any) -> FedMetaMixin:
     spec = STRATEGIES.get(name, key="strategy.name")
     cls = type(f"FedMeta{spec.base.__name__}", (FedMetaMixin, spec.base), {})
     return cls(
-        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
-        min_available_nodes=1, **spec.kwargs(options),
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
+        **spec.kwargs(options),
     )

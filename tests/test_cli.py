@@ -18,8 +18,9 @@ def write(tmp_path, raw, name="s.toml"):
 
 
 def fedmeta(*args):
-    return subprocess.run([sys.executable, "-m", "fedmeta.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fedmeta.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_misspelled_key_exits_2_and_names_it(tmp_path, tiny_raw):
@@ -38,8 +39,15 @@ def test_misspelled_key_exits_2_and_names_it(tmp_path, tiny_raw):
         ({"task": {"n-way": 3, "k-shot": 5, "query": 5}}, [], "k-shot + query = 10"),
         ({"data": {"name": "omniglot", "root": "/nonexistent/omniglot"}}, [], "data.root"),
         ({"data": {"name": "sinusoid"}, "model": {"name": "mlp"}}, [], "task.n-way"),
-        ({"model": {"name": "conv4"}, "data": {"name": "sinusoid"},
-          "task": {"n-way": 1, "k-shot": 2, "query": 2}}, [], "model.name = 'conv4'"),
+        (
+            {
+                "model": {"name": "conv4"},
+                "data": {"name": "sinusoid"},
+                "task": {"n-way": 1, "k-shot": 2, "query": 2},
+            },
+            [],
+            "model.name = 'conv4'",
+        ),
         ({}, ["--set", "train.rounds"], "key=value"),
         ({}, ["--set", "train.rounds=-3"], "train.rounds"),
         ({}, ["--bogus"], "--bogus"),
@@ -71,9 +79,24 @@ def test_validate_and_list(tmp_path, tiny_raw, capsys):
     assert capsys.readouterr().out.startswith("ok: tiny")
     assert run_cli(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("synthetic", "omniglot", "sinusoid", "label-split", "dirichlet", "iid",
-                 "conv4", "mlp", "maml", "fomaml", "reptile", "perfedavg-fo", "perfedavg-hf",
-                 "fedavg", "fedavgm", "fedadam"):
+    for name in (
+        "synthetic",
+        "omniglot",
+        "sinusoid",
+        "label-split",
+        "dirichlet",
+        "iid",
+        "conv4",
+        "mlp",
+        "maml",
+        "fomaml",
+        "reptile",
+        "perfedavg-fo",
+        "perfedavg-hf",
+        "fedavg",
+        "fedavgm",
+        "fedadam",
+    ):
         assert f"  {name} " in out, name
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 import tomli_w
+import tomllib
 
 from fedmeta.config import apply_overrides, load_scenario, scenario_from_dict
 from fedmeta.errors import FedmetaError
@@ -46,8 +45,15 @@ def test_misspelling_suggests_the_right_key(tiny_raw):
 
 
 def test_overrides_parse_toml_values(tiny_raw):
-    raw = apply_overrides(tiny_raw, ["train.rounds=7", "learner.inner-lr=0.05",
-                                     "model.norm=group", "evaluation.at-start=false"])
+    raw = apply_overrides(
+        tiny_raw,
+        [
+            "train.rounds=7",
+            "learner.inner-lr=0.05",
+            "model.norm=group",
+            "evaluation.at-start=false",
+        ],
+    )
     sc = scenario_from_dict(raw)
     assert sc.train.rounds == 7 and sc.learner.options.inner_lr == 0.05
     assert sc.model.options.norm == "group" and sc.evaluation.at_start is False

@@ -44,8 +44,12 @@ def layout(name="label-split", n_train=8, n_heldout=4, seed=0, source=None, **op
 
 @pytest.mark.parametrize(
     ("name", "opts"),
-    [("label-split", {}), ("label-split", {"classes-per-client": 10, "overlap": 0.5}),
-     ("dirichlet", {"alpha": 0.1}), ("iid", {})],
+    [
+        ("label-split", {}),
+        ("label-split", {"classes-per-client": 10, "overlap": 0.5}),
+        ("dirichlet", {"alpha": 0.1}),
+        ("iid", {}),
+    ],
 )
 def test_heldout_classes_disjoint_from_every_training_client(name, opts):
     lay = layout(name, **opts)
@@ -91,7 +95,7 @@ def test_dirichlet_conserves_examples_and_small_alpha_is_skewed():
         for s in lay.train:
             for c, idx in s.examples.items():
                 per_class.setdefault(c, []).append(idx)
-        for c, parts in per_class.items():
+        for parts in per_class.values():
             allidx = np.concatenate(parts)
             assert sorted(allidx) == list(range(10))  # every example exactly once
         top_share = np.mean([max(len(p) for p in parts) / 10 for parts in per_class.values()])

@@ -46,8 +46,11 @@ class Crash(Quiet):
 
 
 def heldout_metrics(run: Path) -> list[tuple]:
-    return [(r["round"], r["metric"], r["value"]) for r in RunDir(run).read_metrics()
-            if r["phase"] in ("heldout", "train") and "seconds" not in r["metric"]]
+    return [
+        (r["round"], r["metric"], r["value"])
+        for r in RunDir(run).read_metrics()
+        if r["phase"] in ("heldout", "train") and "seconds" not in r["metric"]
+    ]
 
 
 def test_tiny_simulation_end_to_end_via_cli(tmp_path, tiny_raw, capsys):
@@ -96,9 +99,17 @@ def test_joins_an_existing_ray_cluster(tmp_path, tiny_raw):
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = _free_port()
     env_tmp = tempfile.mkdtemp(prefix="fmray", dir="/tmp")  # Ray's socket paths must be short
-    start = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-             f"--temp-dir={env_tmp}"]
+    start = [
+        ray_bin,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={env_tmp}",
+    ]
     proc = subprocess.run(start, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     try:
