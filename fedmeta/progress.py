@@ -60,7 +60,9 @@ class RichProgress:
         if self.task is None:
             wall = info.get("wall", 0.0)
             self.console.print(
-                f"{self.name}: {'  '.join(parts)}  of {self.total}  [{wall:.0f}s]", highlight=False
+                f"{self.name}: {'  '.join(parts)}  of {self.total}  [{wall:.0f}s]",
+                highlight=False,
+                soft_wrap=True,
             )
             return
         self.bar.update(self.task, completed=max(server_round, 0), status="  ".join(parts))
