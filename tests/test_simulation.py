@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +93,37 @@ def test_same_seed_gives_identical_metrics_and_resume_continues_exactly(tmp_path
     assert heldout_metrics(a) == heldout_metrics(b)
 
 
+def _stop_cluster(temp_dir: str, port: int) -> None:
+    """Stop only the Ray cluster this test started (``ray stop`` would stop every Ray cluster on
+    the machine, including a user's running simulation): its processes name its temp dir or
+    port, and their children go with them."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            procs[int(entry.name)] = (cmd, ppid)
+    mine, pid = set(), os.getpid()  # never this process or its ancestors
+    while pid in procs and pid not in mine:
+        mine.add(pid)
+        pid = procs[pid][1]
+    ours = {p for p, (cmd, _) in procs.items() if temp_dir in cmd or f":{port} " in cmd + " "}
+    ours -= mine
+    grew = True
+    while grew:
+        children = {p for p, (_, ppid) in procs.items() if ppid in ours} - ours - mine
+        ours |= children
+        grew = bool(children)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in ours:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, sig)
+        time.sleep(1.0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,5 +153,5 @@ def test_joins_an_existing_ray_cluster(tmp_path, tiny_raw):
         summary = simulate(scenario_from_dict(tiny_raw), RunDir(tmp_path / "run"), Quiet())
         assert summary["heldout"]["num-clients"] == 2
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        _stop_cluster(env_tmp, port)
         shutil.rmtree(env_tmp, ignore_errors=True)
