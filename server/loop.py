@@ -94,7 +94,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
         state = ckpt["counters"]
         run_dir.truncate_metrics(state["round"])
     progress.start(sc.train.rounds, state["round"] + 1)
-    latest: dict[str, Any] = {}
+    latest = last_heldout(run_dir)
     t_resume = time.monotonic() - state["wall"]
 
     for rnd in range(state["round"] + 1, sc.train.rounds + 1):
@@ -151,6 +151,15 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
             break
     progress.finish()
     return summarize(exp, latest, state)
+
+
+def last_heldout(run_dir: RunDir) -> dict[str, Any]:
+    """The latest held-out metrics already written (after a resume), as ``{"round", ...}``."""
+    records = [r for r in run_dir.read_metrics() if r["phase"] == "heldout"]
+    if not records:
+        return {}
+    last = max(r["round"] for r in records)
+    return {"round": last, **{r["metric"]: r["value"] for r in records if r["round"] == last}}
 
 
 def summarize(exp: Experiment, latest: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
