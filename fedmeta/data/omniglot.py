@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from pydantic import Field
 from fedmeta.data import DATASETS
 from fedmeta.data.base import DatasetOptions, DataSource, cache_dir, check_role, resolve_root
 from fedmeta.errors import FedmetaError
+from fedmeta.results import atomic_write_bytes
 
 SPLITS = ("images_background", "images_evaluation")
 CACHE_VERSION = 2
@@ -187,15 +186,9 @@ def load_arrays(root: Path, size: int) -> dict[str, np.ndarray]:
             arrays = {k: f[k] for k in f.files}
     else:
         arrays = _preprocess(root, size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
     _MEMORY[key] = arrays
     return arrays
 
