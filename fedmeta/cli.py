@@ -78,6 +78,15 @@ def _execute(scenario, out: Path) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; finished rounds are saved: fedmeta resume {out}", file=sys.stderr)
         return 130
+    except FedmetaError:
+        raise
+    except Exception as exc:  # a crash mid-run: say where the finished work is
+        print(
+            f"error: the run failed ({type(exc).__name__}: {exc}); finished rounds are saved, "
+            f"continue with: fedmeta resume {out}",
+            file=sys.stderr,
+        )
+        return 1
     print(_fmt(summary))
     print(f"results: {out}")
     return 0

@@ -14,10 +14,13 @@ from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedmeta.errors import FedmetaError
 from fedmeta.experiment import Experiment, scenario_json
 from fedmeta.results import RunDir
 from server.strategies import FedMetaMixin, build_strategy
+
+
+class ClientFailure(RuntimeError):
+    """Every client of a phase failed (a crash, an out-of-memory kill, a lost Ray worker)."""
 
 
 class Progress(Protocol):
@@ -52,7 +55,7 @@ def map_partitions(grid, nodes: list[int], config: ConfigRecord, timeout: float)
 def _raise_if_error(reply: Message) -> None:
     if reply.has_error():
         reason = reply.error.reason.strip().splitlines()
-        raise FedmetaError(f"a client failed: {reason[-1] if reason else 'unknown error'}")
+        raise ClientFailure(f"a client failed: {reason[-1] if reason else 'unknown error'}")
 
 
 def array_bytes(arrays: ArrayRecord) -> int:

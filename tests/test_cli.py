@@ -110,3 +110,17 @@ def test_shipped_scenarios_validate_offline():
         sc = load_scenario(path)
         if sc.data.name != "omniglot":
             assert run_cli(["validate", str(path)]) == 0, path
+
+
+def test_a_crash_mid_run_points_to_resume(tmp_path, tiny_raw, capsys, monkeypatch):
+    import fedmeta.simulation
+
+    def crash(scenario, run_dir, progress):
+        raise RuntimeError("raylet died")
+
+    monkeypatch.setattr(fedmeta.simulation, "simulate", crash)
+    out = tmp_path / "run"
+    assert run_cli(["run", write(tmp_path, tiny_raw), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "raylet died" in err and f"fedmeta resume {out}" in err
+    assert (out / "scenario.toml").exists()
