@@ -62,12 +62,13 @@ def array_bytes(arrays: ArrayRecord) -> int:
     return int(sum(a.numpy().nbytes for a in arrays.values()))
 
 
-def _check(replies: Iterable[Message]) -> list[Message]:
+def _check(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+    """All replies and the successful ones; raises :class:`ClientFailure` if every one failed."""
     replies = list(replies)
     ok = [r for r in replies if not r.has_error()]
     if replies and not ok:
         _raise_if_error(replies[0])
-    return replies
+    return replies, ok
 
 
 def eval_rounds(exp: Experiment) -> set[int]:
@@ -99,16 +100,15 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
     progress.start(sc.train.rounds, state["round"] + 1)
     latest = last_heldout(run_dir)
     t_resume = time.monotonic() - state["wall"]
+    model_bytes = array_bytes(arrays)  # every message carries one model of this size
 
     for rnd in range(state["round"] + 1, sc.train.rounds + 1):
         info: dict[str, Any] = {}
         if rnd > 0:
             t_train = time.monotonic()
             msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), grid))
-            replies = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
-            ok = [r for r in replies if not r.has_error()]
-            state["bytes"] += array_bytes(arrays) * len(msgs)
-            state["bytes"] += sum(array_bytes(r.content["arrays"]) for r in ok)
+            replies, ok = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
+            state["bytes"] += model_bytes * (len(msgs) + len(ok))  # down and up
             compute = [float(r.content["metrics"]["compute-seconds"]) for r in ok]
             state["compute"] += sum(compute)
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
@@ -130,8 +130,8 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
             strategy.eval_rounds.add(rnd)  # the last round is always evaluated
         msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), grid))
         if msgs:
-            replies = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
-            state["bytes"] += array_bytes(arrays) * len(msgs)
+            replies, _ = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
+            state["bytes"] += model_bytes * len(msgs)
             heldout = strategy.aggregate_evaluate(rnd, replies)
             if heldout is not None:
                 latest = {"round": rnd, **dict(heldout)}
