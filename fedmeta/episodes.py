@@ -63,7 +63,10 @@ class EpisodeSampler:
             sy.append(y[: self.k_shot])
             qx.append(x[self.k_shot :])
             qy.append(y[self.k_shot :])
-        return Task(*(torch.from_numpy(np.concatenate(a)) for a in (sx, sy, qx, qy)))
+        return Task(
+            *(torch.from_numpy(np.concatenate(a)) for a in (sx, sy, qx, qy)),
+            classes=torch.from_numpy(classes.astype(np.int64)),
+        )
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Task]:
         return [self.sample_one(rng) for _ in range(n)]

@@ -15,13 +15,19 @@ from fedmeta.tasks import Task, TaskKind
 def evaluate_tasks(
     learner: Learner, params: Params, tasks: list[Task], kind: TaskKind, steps: int | None = None
 ) -> dict[str, list[float]]:
-    """Per-task query loss (and accuracy for classification) before and after ``adapt``."""
+    """Per-task query loss (and accuracy for classification) before and after ``adapt``.
+
+    "Before" is the learner's starting point for a new client (:meth:`Learner.eval_start`):
+    the meta-parameters themselves, or, for a learner with a global head, the meta-parameters
+    with a fresh ``n_way`` head.
+    """
     out: dict[str, list[float]] = {"query-loss-pre": [], "query-loss-post": []}
     if kind.accuracy is not None:
         out |= {"query-acc-pre": [], "query-acc-post": []}
     for task in tasks:
-        adapted = learner.adapt(params, task.support_x, task.support_y, steps=steps)
-        for tag, p in (("pre", params), ("post", adapted)):
+        start = learner.eval_start(params, task)
+        adapted = learner.adapt(start, task.support_x, task.support_y, steps=steps)
+        for tag, p in (("pre", start), ("post", adapted)):
             with torch.no_grad():
                 pred = learner.forward(p, task.query_x)
                 out[f"query-loss-{tag}"].append(float(kind.loss(pred, task.query_y)))

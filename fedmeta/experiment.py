@@ -128,9 +128,19 @@ class Experiment:
         return {k: v.to(self.device) for k, v in params.items()}
 
 
+def model_outputs(scenario: Scenario, source: DataSource) -> int:
+    """Outputs of the model's head: 1 for regression; for classification ``n_way``, or one per
+    training-pool class for a learner with a global head (FedAvg)."""
+    if source.kind.accuracy is None:
+        return 1
+    if LEARNERS.get(scenario.learner.name, key="learner.name").global_head:
+        return len(source.pool("train"))
+    return scenario.task.n_way
+
+
 def build_model(scenario: Scenario, source: DataSource) -> nn.Module:
     cls = MODELS.get(scenario.model.name, key="model.name")
-    out = scenario.task.n_way if source.kind.accuracy is not None else 1
+    out = model_outputs(scenario, source)
     try:
         return cls(source.feature_shape, out, **scenario.model.options.model_dump())
     except ValueError as exc:
@@ -157,7 +167,7 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
     device = pick_device(scenario.backend.device)
     model = build_model(scenario, source).to(device)
     learner = LEARNERS.get(scenario.learner.name, key="learner.name")(
-        model, source.kind.loss, scenario.learner.options
+        model, source.kind.loss, scenario.learner.options, train_classes=source.pool("train")
     )
     exp = Experiment(scenario, source, layout, model, learner, device)
     if check_all:

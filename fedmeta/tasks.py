@@ -19,17 +19,20 @@ class Task:
     """One few-shot episode.
 
     ``support_y`` and ``query_y`` hold class positions ``0..n_way-1`` (int64) for classification,
-    or float targets of shape ``(n, 1)`` for regression.
+    or float targets of shape ``(n, 1)`` for regression. ``classes`` (optional) holds the source's
+    class id at each position, for learners that train on global labels.
     """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    classes: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Task:
         return Task(
-            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y))
+            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
+            classes=None if self.classes is None else self.classes.to(device),
         )
 
     def double(self) -> Task:
@@ -39,7 +42,8 @@ class Task:
             return t.double() if t.is_floating_point() else t
 
         return Task(
-            *(cast(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y))
+            *(cast(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
+            classes=self.classes,
         )
 
 

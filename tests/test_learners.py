@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,10 @@ ALL = ["fedavg", "fomaml", "maml", "perfedavg-fo", "perfedavg-hf", "reptile"]
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def make(name: str, model: nn.Module, loss_fn=F.cross_entropy, **cfg) -> Learner:
-    return LEARNERS.get(name)(model, loss_fn, LearnerConfig(**cfg))
+def make(
+    name: str, model: nn.Module, loss_fn=F.cross_entropy, train_classes=None, **cfg
+) -> Learner:
+    return LEARNERS.get(name)(model, loss_fn, LearnerConfig(**cfg), train_classes=train_classes)
 
 
 def leaves(model: nn.Module) -> Params:
@@ -41,7 +44,7 @@ def class_task(gen: torch.Generator, in_shape: tuple[int, ...], n_way: int, shot
         y = torch.arange(n_way).repeat_interleave(k)
         return means[y] + torch.randn(len(y), *in_shape, generator=gen, dtype=torch.float64), y
 
-    return Task(*part(shot), *part(query))
+    return Task(*part(shot), *part(query), classes=torch.arange(n_way))
 
 
 def linear_task(gen: torch.Generator, n_support: int = 5, n_query: int = 4, d: int = 3) -> Task:
@@ -368,6 +371,53 @@ def test_fedavg_local_update_matches_closed_form_sgd():
     torch.testing.assert_close(got["bias"], b, rtol=1e-12, atol=1e-12)
 
 
+def test_fedavg_trains_a_global_head_on_global_labels():
+    """Episode positions are mapped to the rows of the training classes in the global head."""
+    torch.manual_seed(0)
+    model = MLP((2,), 6, hidden=(5,)).double()
+    train_classes = np.array([10, 20, 30, 40, 50, 60])
+    learner = make("fedavg", model, train_classes=train_classes)
+    task = class_task(torch.Generator().manual_seed(12), (2,), 2, 2, 3)
+    task = Task(task.support_x, task.support_y, task.query_x, task.query_y, torch.tensor([50, 20]))
+    params = leaves(model)
+    got, loss = learner.task_gradient(params, task)
+    x = torch.cat([task.support_x, task.query_x])
+    rows = torch.tensor([4, 1])[torch.cat([task.support_y, task.query_y])]
+    ref = F.cross_entropy(functional_call(model, params, (x,)), rows)
+    want = torch.autograd.grad(ref, tuple(params.values()))
+    for k, g in zip(params, want, strict=True):
+        torch.testing.assert_close(got[k], g, rtol=1e-12, atol=1e-12)
+    assert loss == pytest.approx(ref.item())
+    outside = Task(
+        task.support_x, task.support_y, task.query_x, task.query_y, torch.tensor([5, 20])
+    )
+    with pytest.raises(ValueError, match="outside the training pool"):
+        learner.task_gradient(params, outside)
+
+
+def test_fedavg_new_client_starts_from_a_fresh_n_way_head():
+    """At a new client the global head is replaced by a zero n-way head: before adaptation
+    every class is equally likely; the feature extractor is kept; adaptation then learns."""
+    from fedmeta.evaluate import evaluate_tasks
+    from fedmeta.tasks import CLASSIFICATION
+
+    torch.manual_seed(0)
+    model = MLP((2,), 6, hidden=(8,))
+    learner = make("fedavg", model, train_classes=np.arange(6), inner_lr=0.5, eval_inner_steps=20)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    t = class_task(torch.Generator().manual_seed(13), (2,), 3, 5, 5)
+    t = Task(t.support_x.float(), t.support_y, t.query_x.float(), t.query_y, t.classes)
+    start = learner.eval_start(params, t)
+    assert start["head.weight"].shape == (3, 8) and not start["head.weight"].any()
+    assert all(torch.equal(start[k], params[k]) for k in params if not k.startswith("head."))
+    out = evaluate_tasks(learner, params, [t], CLASSIFICATION)
+    assert out["query-loss-pre"][0] == pytest.approx(math.log(3))
+    assert out["query-acc-pre"][0] == pytest.approx(1 / 3)
+    assert out["query-loss-post"][0] != pytest.approx(math.log(3))
+    adapted = learner.adapt(start, t.support_x, t.support_y)
+    assert learner.loss(adapted, t.support_x, t.support_y).item() < math.log(3) - 0.5
+
+
 # -- every learner ------------------------------------------------------------------------------
 def test_registry_holds_every_learner():
     assert LEARNERS.names() == ALL
@@ -398,10 +448,19 @@ def test_local_update_is_detached_and_does_not_mutate_input(name):
         return [class_task(gen, (1, 8, 8), 3, 1, 2) for _ in range(n)]
 
     def as_float(t: Task) -> Task:
-        return Task(t.support_x.float(), t.support_y, t.query_x.float(), t.query_y)
+        return Task(
+            t.support_x.float(), t.support_y, t.query_x.float(), t.query_y, classes=t.classes
+        )
 
     learner = make(
-        name, model, local_steps=2, tasks_per_step=2, inner_steps=1, inner_lr=0.1, outer_lr=1e-2
+        name,
+        model,
+        train_classes=np.arange(3),
+        local_steps=2,
+        tasks_per_step=2,
+        inner_steps=1,
+        inner_lr=0.1,
+        outer_lr=1e-2,
     )
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
     snapshot = {k: v.detach().clone() for k, v in params.items()}

@@ -8,8 +8,9 @@ handled functionally (``torch.func.functional_call``), so inner loops never muta
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -77,15 +78,29 @@ class Learner:
         ``loss(prediction, target)`` for the dataset's task kind.
     cfg : LearnerConfig
         Hyper-parameters.
+    train_classes : numpy.ndarray, optional
+        Class ids of the source's training pool, in head order; used only by learners with
+        :attr:`global_head`.
     """
 
     Options: type[LearnerConfig] = LearnerConfig
     """The options table this learner accepts (subclasses may extend it)."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, cfg: LearnerConfig) -> None:
+    global_head: ClassVar[bool] = False
+    """If true, the model's head has one output per training class (global labels) instead of
+    ``n_way`` outputs (episode positions), and :meth:`eval_start` swaps it for a fresh head."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        cfg: LearnerConfig,
+        train_classes: np.ndarray | None = None,
+    ) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.cfg = cfg
+        self.train_classes = train_classes
 
     # -- functional helpers -------------------------------------------------------------
     def forward(self, params: Params, x: Tensor) -> Tensor:
@@ -150,6 +165,10 @@ class Learner:
                 totals[name] = totals.get(name, 0.0) + value / self.cfg.local_steps
         return {k: v.detach() for k, v in leaves.items()}, totals
 
+    def eval_start(self, params: Params, task: Task) -> Params:
+        """The parameters a new client starts adapting from on ``task``: ``params`` itself."""
+        return params
+
     def adapt(
         self,
         params: Params,
@@ -166,5 +185,3 @@ class Learner:
         with torch.enable_grad():
             fast = self.inner_loop(start, x, y, steps, lr, create_graph=False)
         return {k: v.detach() for k, v in fast.items()}
-
-

@@ -1,47 +1,94 @@
-"""FedAvg with fine-tuning: plain local training, personalised by adaptation at evaluation.
+"""FedAvg with fine-tuning: a global classifier trained by local SGD, fine-tuned at a new client.
 
 McMahan, Moore, Ramage, Hampson and Agüera y Arcas (2017), "Communication-Efficient Learning of
 Deep Networks from Decentralized Data", AISTATS. The client runs ordinary supervised training on
-its own data; personalisation is the evaluation-time fine-tuning shared by every learner
-(:meth:`~fedmeta.learners.base.Learner.adapt`), the "FedAvg + fine-tuning" baseline of the
-personalised federated learning literature (e.g. Jiang, Konečný, Rush and Kannan, 2019,
-"Improving Federated Learning Personalization via Model Agnostic Meta Learning").
+its own data with one head over *all* training classes (global labels); a new client replaces
+that head with a fresh ``n_way`` head and fine-tunes (:meth:`FedAvg.eval_start`, then the shared
+:meth:`~fedmeta.learners.base.Learner.adapt`). This is the "FedAvg + fine-tuning" baseline of
+personalised federated learning (Jiang, Konečný, Rush and Kannan, 2019, "Improving Federated
+Learning Personalization via Model Agnostic Meta Learning") and the transfer-learning baseline of
+few-shot learning (Chen, Liu, Kira, Wang and Huang, 2019, "A Closer Look at Few-shot
+Classification", ICLR).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch import Tensor, nn
 
 from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, Params
+from fedmeta.learners.base import Learner, LearnerConfig, Params
 from fedmeta.learners.reptile import pooled
-from fedmeta.tasks import Task
+from fedmeta.tasks import LossFn, Task
+
+HEAD = ("head.weight", "head.bias")
+"""The parameter names of the output layer in every fedmeta model."""
 
 
-@LEARNERS.register("fedavg", help="FedAvg: local SGD on pooled episodes, fine-tune to evaluate")
+@LEARNERS.register("fedavg", help="FedAvg: global classifier by local SGD, fine-tune to evaluate")
 class FedAvg(Learner):
-    """Plain local training on the client's pooled data (no inner loop).
+    """Plain local training of a classifier over the training pool's classes.
 
-    The client's data are seen through its episodes: one local step samples ``tasks_per_step``
+    The client's data are drawn through its episodes: one local step samples ``tasks_per_step``
     tasks and takes one outer-optimizer step (``outer_optimizer``, ``outer_lr``) on the mean over
-    those tasks of the supervised loss on each task's support and query examples pooled.
-
-    Labels inside an episode are the positions ``0..n_way-1`` of its classes, so the ``n_way``
-    head is trained on episode-relative labels: this is what "a pooled shard with an ``n_way``
-    head" means here. The head learns no fixed class identities; what transfers is the feature
-    extractor, and evaluation re-fits the head (and everything else) with
-    :meth:`~fedmeta.learners.base.Learner.adapt` on each test task's support set.
+    those tasks of the cross-entropy of each task's support and query examples pooled, with
+    each example labelled by its *global* class (its row in the head), not its position in the
+    episode. For regression sources, targets are used as they are.
 
     The step "optimizer on the gradient of the mean pooled loss" is exactly the base class's
     :meth:`~fedmeta.learners.base.Learner.local_update` with :meth:`meta_gradient` returning
-    that gradient, so only :meth:`task_gradient` is defined here. Each task is its own batch
-    (not one concatenated batch), so BatchNorm statistics are per task, as at evaluation.
+    that gradient, so only :meth:`task_gradient` is defined here. Each task is its own batch, so
+    BatchNorm statistics are per task, as at evaluation.
     """
 
+    global_head = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        cfg: LearnerConfig,
+        train_classes: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(model, loss_fn, cfg, train_classes)
+        self._row: Tensor | None = None
+        if train_classes is not None and len(train_classes):
+            row = torch.full((int(train_classes.max()) + 1,), -1, dtype=torch.int64)
+            row[torch.from_numpy(np.asarray(train_classes, dtype=np.int64))] = torch.arange(
+                len(train_classes)
+            )
+            self._row = row
+
+    def global_targets(self, task: Task, y: Tensor) -> Tensor:
+        """Episode positions ``y`` of ``task`` mapped to rows of the global head."""
+        if self._row is None or task.classes is None:
+            raise ValueError("fedavg needs the training classes and each task's class ids")
+        rows = self._row.to(y.device)[task.classes[y]]
+        if bool((rows < 0).any()):
+            raise ValueError("fedavg was given a task with classes outside the training pool")
+        return rows
+
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
-        """Gradient of the supervised loss on the task's pooled support and query examples,
-        and that loss (before the step)."""
+        """Gradient of the supervised loss on the task's pooled support and query examples
+        (global labels), and that loss before the step."""
         x, y = pooled(task)
+        if not y.is_floating_point():
+            y = self.global_targets(task, y)
         loss = self.loss(params, x, y)
         grads = torch.autograd.grad(loss, tuple(params.values()))
         return dict(zip(params, grads, strict=True)), loss.item()
+
+    def eval_start(self, params: Params, task: Task) -> Params:
+        """``params`` with the head replaced by a zero ``n_way`` head (all classes equally
+        likely): the new client's classes have no rows in the global head. Regression
+        tasks (float targets) keep their head."""
+        if task.support_y.is_floating_point():
+            return params
+        n_way = len(task.classes) if task.classes is not None else int(task.support_y.max()) + 1
+        weight, bias = (params[k] for k in HEAD)
+        return {
+            **params,
+            HEAD[0]: weight.new_zeros(n_way, weight.shape[1]),
+            HEAD[1]: bias.new_zeros(n_way),
+        }
