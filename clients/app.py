@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fedmeta.evaluate import evaluate_tasks
 from fedmeta.experiment import Experiment, data_loads, experiment_from_json
+from fedmeta.learners.base import LocalContext
 
 app = ClientApp()
 
@@ -29,6 +30,23 @@ def _setup(msg: Message) -> Experiment:
 
 def _pid(context: Context) -> int:
     return int(context.node_config["partition-id"])
+
+
+STATE = "learner-state:"
+"""Prefix of the learner's persistent tensors in the node's ``context.state``."""
+
+
+def _load_state(context: Context) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        key[len(STATE) :]: record.to_torch_state_dict()
+        for key, record in context.state.array_records.items()
+        if key.startswith(STATE)
+    }
+
+
+def _save_state(context: Context, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for key, tensors in state.items():
+        context.state[STATE + key] = ArrayRecord({k: v.cpu() for k, v in tensors.items()})
 
 
 @app.query()
@@ -47,8 +65,14 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"held-out client {pid} was asked to train")
     t0 = time.perf_counter()
     params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
-    sample = exp.train_sampler(pid, int(msg.content["config"]["server-round"]))
-    new_params, metrics = exp.learner.local_update(params, sample)
+    config = msg.content["config"]
+    sample = exp.train_sampler(pid, int(config["server-round"]))
+    ctx = LocalContext(
+        proximal_mu=float(config["proximal-mu"]) if "proximal-mu" in config else 0.0,
+        state={k: exp.to_device(v) for k, v in _load_state(context).items()},
+    )
+    new_params, metrics = exp.learner.local_update(params, sample, ctx)
+    _save_state(context, ctx.state)
     metrics = {
         **metrics,
         "num-examples": exp.layout.shard(pid).size,

@@ -1,4 +1,4 @@
-"""The ``fedmeta`` command: run, resume, validate and list.
+"""The ``fedmeta`` command: run, resume, compare, sweep, plot, report, validate and list.
 
 Bad input (scenario keys, values, data roots, CLI values) prints one ``error:`` line and exits
 with code 2, without a traceback.
@@ -92,6 +92,103 @@ def _execute(scenario, out: Path) -> int:
     return 0
 
 
+def _study_raw(args: argparse.Namespace) -> dict:
+    import tomllib
+
+    from fedmeta.config import apply_overrides, load_scenario
+
+    load_scenario(args.scenario, args.set)  # one clear line for a missing or bad file
+    raw = apply_overrides(tomllib.loads(Path(args.scenario).read_text()), args.set)
+    raw.setdefault("name", Path(args.scenario).stem)
+    return raw
+
+
+def _csv_list(text: str | None, flag: str) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise FedmetaError(f"{flag} {text!r} names nothing; give a comma-separated list")
+    return items
+
+
+def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
+    from fedmeta.experiment import build_experiment
+    from fedmeta.progress import RichProgress
+    from fedmeta.report import write_report
+    from fedmeta.study import plan_study, run_study
+    from fedmeta.study_results import load_cells
+
+    study = plan_study(
+        _study_raw(args), kind, _csv_list(args.strategies, "--strategies"), args.seeds, params
+    )
+    for _, scenario in study.cells:  # fail fast on bad data before starting Ray
+        build_experiment(scenario, check_all=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"{kind}-{study.name}-{stamp}"
+    total, t0 = len(study.cells), time.monotonic()
+    print(f"fedmeta: {kind} {study.name!r}: {total} runs -> {out}", file=sys.stderr)
+
+    def progress_for(i: int, cell) -> RichProgress:
+        elapsed = time.monotonic() - t0
+        eta = f", about {elapsed / (i - 1) * (total - i + 1) / 60:.0f} min left" if i > 1 else ""
+        print(
+            f"{kind}: run {i}/{total}: {cell.dirname} ({elapsed / 60:.1f} min elapsed{eta})",
+            file=sys.stderr,
+        )
+        return RichProgress(f"[{i}/{total}] {cell.dirname}")
+
+    try:
+        run_study(study, out, progress_for)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished runs are saved: rerun with --out {out}", file=sys.stderr)
+        return 130
+    except FedmetaError:
+        raise
+    except Exception as exc:
+        print(
+            f"error: the {kind} failed ({type(exc).__name__}: {exc}); finished runs are saved, "
+            f"continue by rerunning the same command with --out {out}",
+            file=sys.stderr,
+        )
+        return 1
+    report = write_report(out)
+    manifest, cells = load_cells(out)
+    print((out / "table.md").read_text(), end="")
+    print(f"results: {out}  (report: {report})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    return _run_study(args, "compare", {})
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedmeta.study import parse_param
+
+    if not 1 <= len(args.param) <= 2:
+        raise FedmetaError("sweep needs one or two --param key=v1,v2,... options")
+    params = dict(parse_param(p) for p in args.param)
+    if len(params) != len(args.param):
+        raise FedmetaError("--param names the same key twice; give each key once")
+    return _run_study(args, "sweep", params)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fedmeta.report import make_plots
+
+    for path in make_plots(Path(args.dir)):
+        print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedmeta.report import write_report
+
+    print(write_report(Path(args.dir)))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from fedmeta.config import load_scenario
     from fedmeta.experiment import build_experiment
@@ -132,6 +229,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fedmeta", description="Federated few-shot meta-learning simulator.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -153,6 +260,34 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     val.set_defaults(fn=cmd_validate)
+    for kind, fn, text in (
+        ("compare", cmd_compare, "run every strategy x seed of a scenario, then table and plots"),
+        ("sweep", cmd_sweep, "run a grid over one or two scenario keys, per strategy"),
+    ):
+        st = sub.add_parser(kind, help=text)
+        st.add_argument("scenario")
+        if kind == "sweep":
+            st.add_argument(
+                "--param",
+                action="append",
+                default=[],
+                metavar="KEY=V1,V2,...",
+                help="a scenario key and its values, e.g. partition.alpha=0.05,0.1,1 (1 or 2)",
+            )
+        st.add_argument(
+            "--strategies", help="comma-separated strategies (default: [compare] strategies)"
+        )
+        st.add_argument("--seeds", type=_positive, help="seeds per strategy (default: [compare])")
+        st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        st.add_argument("--out", help=f"{kind} directory; an existing one is resumed")
+        st.set_defaults(fn=fn)
+    for kind, fn, text in (
+        ("plot", cmd_plot, "regenerate every plot of a run or study directory"),
+        ("report", cmd_report, "write report.md (table and plots) for a run or study directory"),
+    ):
+        sp = sub.add_parser(kind, help=text)
+        sp.add_argument("dir")
+        sp.set_defaults(fn=fn)
     lst = sub.add_parser("list", help="show datasets, partitioners, models, learners, strategies")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(fn=cmd_list)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,7 +37,7 @@ class ClientsOptions(Options):
 
 
 class TrainOptions(Options):
-    rounds: int = Field(20, ge=1)
+    rounds: int = Field(20, ge=0)
     fraction: float = Field(0.2, gt=0.0, le=1.0)
     timeout: float = Field(3600.0, gt=0)
     max_seconds: float | None = Field(None, gt=0)
@@ -59,6 +59,22 @@ class BackendOptions(Options):
     ray_num_cpus: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(1, ge=1)
+
+
+class CompareOptions(Options):
+    """``[compare]``: the strategies and seeds of ``fedmeta compare`` (see :mod:`fedmeta.study`).
+
+    ``define`` maps a strategy name to a partial scenario merged into this one, e.g.
+    ``[compare.define.fedreptile]`` with ``learner = {name = "reptile", outer-lr = 1.0}``.
+    ``target`` is the held-out accuracy for the "rounds to target" column; ``adapt-steps`` are
+    the adaptation step counts of the accuracy-vs-steps plot.
+    """
+
+    strategies: tuple[str, ...] = ()
+    seeds: int = Field(1, ge=1)
+    target: float = Field(0.9, gt=0)
+    adapt_steps: tuple[Annotated[int, Field(ge=0)], ...] = (0, 1, 2, 3, 5, 10)
+    define: dict[str, dict[str, Any]] = {}
 
 
 class Named(BaseModel):
@@ -105,6 +121,7 @@ class Scenario(BaseModel):
     train: TrainOptions
     evaluation: EvaluationOptions
     backend: BackendOptions
+    compare: CompareOptions = CompareOptions()
 
     @property
     def learner_config(self) -> LearnerConfig:
@@ -128,6 +145,8 @@ class Scenario(BaseModel):
             "backend",
         ):
             out[key] = getattr(self, key).to_toml()
+        if self.compare != CompareOptions():
+            out["compare"] = self.compare.to_toml()
         return out
 
 
@@ -137,6 +156,13 @@ PLAIN_TABLES: dict[str, type[Options]] = {
     "train": TrainOptions,
     "evaluation": EvaluationOptions,
     "backend": BackendOptions,
+    "compare": CompareOptions,
+}
+NAMED_TABLES: dict[str, Registry] = {
+    "partition": PARTITIONERS,
+    "model": MODELS,
+    "learner": LEARNERS,
+    "strategy": STRATEGIES,
 }
 DEFAULT_NAMES = {
     "data": "synthetic",
@@ -239,12 +265,7 @@ def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
                 f"scenario key 'data.{key}' must be a {typ.__name__} (got {extras[key]!r})"
             )
     fields["data"] = DataSection(name=name, options=opts, **extras)
-    for table, registry in (
-        ("partition", PARTITIONERS),
-        ("model", MODELS),
-        ("learner", LEARNERS),
-        ("strategy", STRATEGIES),
-    ):
+    for table, registry in NAMED_TABLES.items():
         name, opts, _ = _named(raw.get(table, {}), table, registry)
         fields[table] = Named(name=name, options=opts)
     return Scenario(**fields)

@@ -34,3 +34,23 @@ def evaluate_tasks(
                 if kind.accuracy is not None:
                     out[f"query-acc-{tag}"].append(kind.accuracy(pred, task.query_y))
     return out
+
+
+def accuracy_by_steps(
+    learner: Learner, params: Params, tasks: list[Task], kind: TaskKind, steps: list[int]
+) -> dict[int, list[float]]:
+    """Per-task query accuracy (or loss, for regression) after each number of adaptation
+    ``steps``, from one adaptation trajectory per task (``adapt`` one step at a time)."""
+    score = kind.accuracy or kind.loss
+    out: dict[int, list[float]] = {s: [] for s in steps}
+    for task in tasks:
+        current = learner.eval_start(params, task)
+        for s in range(max(steps) + 1):
+            if s in out:
+                with torch.no_grad():
+                    out[s].append(
+                        float(score(learner.forward(current, task.query_x), task.query_y))
+                    )
+            if s < max(steps):
+                current = learner.adapt(current, task.support_x, task.support_y, steps=1)
+    return out

@@ -104,7 +104,10 @@ class Experiment:
     def eval_tasks(self, partition_id: int) -> list[Task]:
         """The fixed evaluation tasks of a client: the same in every round and every strategy."""
         if partition_id not in self._eval_tasks:
-            rng = rng_for(self.scenario.seed, EVAL, partition_id)
+            # keyed by the held-out index, not the partition id: the same tasks whatever
+            # the number of training clients
+            index = partition_id - self.scenario.clients.train
+            rng = rng_for(self.scenario.seed, EVAL, index)
             ev = self.scenario.evaluation
             tasks = self.sampler(partition_id, ev.query).sample(rng, ev.tasks_per_client)
             self._eval_tasks[partition_id] = [t.to(self.device) for t in tasks]
@@ -122,7 +125,9 @@ class Experiment:
         """Seeded initial meta-parameters (CPU tensors)."""
         torch.manual_seed(torch_seed_for(self.scenario.seed, INIT))
         model = build_model(self.scenario, self.source)
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return self.learner.init_params(
+            {k: v.detach().clone() for k, v in model.state_dict().items()}
+        )
 
     def to_device(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in params.items()}

@@ -168,13 +168,34 @@ class IID(Partitioner):
         return _split_examples(source, n, rng, lambda r: np.full(n, 1.0 / n))
 
 
+class PooledOptions(Options):
+    pass
+
+
+@PARTITIONERS.register("pooled", help="every training client holds the whole train pool")
+class Pooled(Partitioner):
+    """No partition at all: every training client holds every class and example of the train
+    pool. With one client per round this is centralised training on the pooled data (the
+    ``centralized`` baseline of ``fedmeta compare``)."""
+
+    Options = PooledOptions
+
+    def split(self, source: DataSource, n: int, rng: np.random.Generator) -> list[Shard]:
+        whole = _whole(source, source.pool("train"))
+        return [whole] * n
+
+
 def build_layout(
     source: DataSource, partitioner: Partitioner, n_train: int, n_heldout: int, seed: int
 ) -> Layout:
-    """Partition ``source`` for ``n_train`` training and ``n_heldout`` held-out clients."""
-    rng = np.random.default_rng([seed, 0x5EED])
-    train = partitioner.split(source, n_train, rng)
-    heldout_pool = rng.permutation(source.pool("heldout"))
+    """Partition ``source`` for ``n_train`` training and ``n_heldout`` held-out clients.
+
+    The held-out split has its own random stream, so it depends only on the seed and
+    ``n_heldout``: every partitioner, client count and partition setting of a study scores the
+    same held-out hospitals.
+    """
+    train = partitioner.split(source, n_train, np.random.default_rng([seed, 0x5EED]))
+    heldout_pool = np.random.default_rng([seed, 0x4E1D]).permutation(source.pool("heldout"))
     if len(heldout_pool) < n_heldout:
         raise FedmetaError(
             f"the held-out pool has {len(heldout_pool)} classes for clients.heldout = "

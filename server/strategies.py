@@ -12,7 +12,7 @@ A fedmeta strategy is a Flower strategy class (FedAvg, FedAvgM or FedAdam) with
 * held-out metrics are pooled over tasks, with a 95% confidence interval.
 
 Server optimisers: McMahan et al. (2017) FedAvg; Hsu, Qi and Brown (2019) FedAvgM; Reddi et al.
-(2021), "Adaptive Federated Optimization", FedAdam.
+(2021), "Adaptive Federated Optimization", FedAdam; Li et al. (2020) FedProx.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from pydantic import Field
 
 from fedmeta.options import Options
@@ -172,6 +172,24 @@ class FedAdamSpec(StrategySpec):
             "beta_2": options.beta_2,
             "tau": options.tau,
         }
+
+
+class FedProxOptions(Options):
+    proximal_mu: float = Field(0.01, ge=0)
+
+
+@STRATEGIES.register("fedprox", help="Flower FedProx: FedAvg + a proximal term in local training")
+class FedProxSpec(StrategySpec):
+    """Li et al. (2020), "Federated Optimization in Heterogeneous Networks", MLSys. Flower's
+    FedProx sends ``proximal-mu`` with every training message; clients add
+    ``mu / 2 * ||w - w_global||^2`` to their local objective (any learner)."""
+
+    base = FedProx
+    Options = FedProxOptions
+
+    @staticmethod
+    def kwargs(options: Any) -> dict[str, Any]:
+        return {"proximal_mu": options.proximal_mu}
 
 
 def build_strategy(name: str, options: Any) -> FedMetaMixin:

@@ -17,19 +17,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedmeta.learners import LEARNERS, Learner, LearnerConfig, Params
+from fedmeta.learners import LEARNERS, Learner, Params
 from fedmeta.learners.perfedavg import hessian_vector_product
 from fedmeta.models import MLP, Conv4
 from fedmeta.tasks import Task
 
-ALL = ["fedavg", "fomaml", "maml", "perfedavg-fo", "perfedavg-hf", "reptile"]
+ALL = [
+    "anil",
+    "ditto",
+    "fedavg",
+    "fomaml",
+    "local-only",
+    "maml",
+    "meta-sgd",
+    "perfedavg-fo",
+    "perfedavg-hf",
+    "pfedme",
+    "protonet",
+    "reptile",
+]
 
 
 # -- helpers ------------------------------------------------------------------------------------
 def make(
     name: str, model: nn.Module, loss_fn=F.cross_entropy, train_classes=None, **cfg
 ) -> Learner:
-    return LEARNERS.get(name)(model, loss_fn, LearnerConfig(**cfg), train_classes=train_classes)
+    cls = LEARNERS.get(name)
+    return cls(model, loss_fn, cls.Options(**cfg), train_classes=train_classes)
 
 
 def leaves(model: nn.Module) -> Params:
@@ -431,7 +445,7 @@ def test_adaptation_lowers_support_loss(name):
     t = class_task(torch.Generator().manual_seed(10), (2,), 3, 4, 1)
     sx, sy = t.support_x.float(), t.support_y
     learner = make(name, model, inner_lr=0.1, eval_inner_steps=3)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    params = learner.init_params({k: v.detach().clone() for k, v in model.named_parameters()})
     adapted = learner.adapt(params, sx, sy)
     assert learner.loss(adapted, sx, sy).item() < learner.loss(params, sx, sy).item() - 1e-2
 
@@ -462,14 +476,18 @@ def test_local_update_is_detached_and_does_not_mutate_input(name):
         inner_lr=0.1,
         outer_lr=1e-2,
     )
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    init = learner.init_params({k: v.detach() for k, v in model.named_parameters()})
+    params = {k: v.clone().requires_grad_(True) for k, v in init.items()}
     snapshot = {k: v.detach().clone() for k, v in params.items()}
     new, metrics = learner.local_update(params, lambda n: [as_float(t) for t in sample(n)])
-    assert calls == [2, 2]
+    assert calls == ([] if name == "local-only" else [2] * (4 if name == "ditto" else 2))
     assert list(new) == list(params)
     for k, v in new.items():
         assert v.shape == params[k].shape and v.dtype == params[k].dtype
         assert not v.requires_grad and v.grad_fn is None
         assert torch.equal(params[k], snapshot[k]) and params[k].grad is None
+    if name == "local-only":  # learns nothing by design
+        assert all(torch.equal(new[k], snapshot[k]) for k in new) and metrics == {}
+        return
     assert any(not torch.equal(new[k], snapshot[k]) for k in new)
-    assert set(metrics) == {"train-loss"} and math.isfinite(metrics["train-loss"])
+    assert "train-loss" in metrics and all(math.isfinite(v) for v in metrics.values())

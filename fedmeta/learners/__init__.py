@@ -8,4 +8,16 @@ LEARNERS: Registry[type[Learner]] = Registry("learner")
 __all__ = ["LEARNERS", "Learner", "LearnerConfig", "Params"]
 
 # Importing each algorithm's module registers it in LEARNERS (the imports must follow LEARNERS).
-from fedmeta.learners import fedavg, fomaml, maml, perfedavg, reptile  # noqa: E402, F401
+from fedmeta.learners import (  # noqa: E402, F401
+    anil,
+    ditto,
+    fedavg,
+    fomaml,
+    local_only,
+    maml,
+    metasgd,
+    perfedavg,
+    pfedme,
+    protonet,
+    reptile,
+)

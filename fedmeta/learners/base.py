@@ -8,6 +8,7 @@ handled functionally (``torch.func.functional_call``), so inner loops never muta
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -20,6 +21,9 @@ from fedmeta.options import Options
 from fedmeta.tasks import LossFn, Task, TaskBatchFn
 
 Params = dict[str, Tensor]
+
+HEAD = ("head.weight", "head.bias")
+"""The output layer's parameter names in every fedmeta model (``features`` then ``head``)."""
 
 OUTER_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -55,6 +59,40 @@ class LearnerConfig(Options):
     outer_lr: float = Field(1e-3, gt=0)
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     eval_inner_steps: int = Field(3, ge=0)
+
+
+@dataclass
+class LocalContext:
+    """What a client's local update may use besides the global parameters and its tasks.
+
+    Attributes
+    ----------
+    proximal_mu : float
+        FedProx's ``mu`` (Li et al., 2020, "Federated Optimization in Heterogeneous
+        Networks"): the local objective gains ``mu / 2 * ||w - w_global||^2``. Sent by the
+        server strategy as ``proximal-mu``; 0 disables it.
+    state : dict[str, Params]
+        The client's persistent tensors across rounds (kept in Flower's ``context.state``),
+        for stateful learners such as Ditto.
+    """
+
+    proximal_mu: float = 0.0
+    state: dict[str, Params] = field(default_factory=dict)
+
+
+def n_way_of(task: Task) -> int:
+    """The number of classes of a classification episode."""
+    return len(task.classes) if task.classes is not None else int(task.support_y.max()) + 1
+
+
+def zero_head(params: Params, n_way: int) -> Params:
+    """``params`` with a zero ``n_way`` output layer: every class equally likely."""
+    weight, bias = (params[k] for k in HEAD)
+    return {
+        **params,
+        HEAD[0]: weight.new_zeros(n_way, weight.shape[1]),
+        HEAD[1]: bias.new_zeros(n_way),
+    }
 
 
 def sgd_step(params: Params, grads: tuple[Tensor, ...] | list[Tensor], lr: float) -> Params:
@@ -109,15 +147,31 @@ class Learner:
     def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.loss_fn(self.forward(params, x), y)
 
+    def features(self, params: Params, x: Tensor) -> Tensor:
+        """The model's embedding of ``x`` (its ``features`` block, without the head)."""
+        inner = {k[len("features.") :]: v for k, v in params.items() if k.startswith("features.")}
+        return functional_call(self.model.features, inner, (x,))
+
     def inner_loop(
-        self, params: Params, x: Tensor, y: Tensor, steps: int, lr: float, create_graph: bool
+        self,
+        params: Params,
+        x: Tensor,
+        y: Tensor,
+        steps: int,
+        lr: float,
+        create_graph: bool,
+        anchor: Params | None = None,
+        lam: float = 0.0,
     ) -> Params:
-        """``steps`` SGD steps on ``(x, y)`` from ``params``; differentiable if ``create_graph``."""
+        """``steps`` SGD steps on ``(x, y)`` from ``params``; differentiable if ``create_graph``.
+        With ``anchor`` and ``lam`` the objective gains ``lam / 2 * ||w - anchor||^2``."""
         fast = params
         for _ in range(steps):
             grads = torch.autograd.grad(
                 self.loss(fast, x, y), tuple(fast.values()), create_graph=create_graph
             )
+            if anchor is not None and lam:
+                grads = [g + lam * (fast[k] - anchor[k]) for k, g in zip(fast, grads, strict=True)]
             fast = sgd_step(fast, grads, lr)
         return fast
 
@@ -145,14 +199,22 @@ class Learner:
         n = len(tasks)
         return {k: v / n for k, v in total.items()}, {"train-loss": loss_sum / n}
 
+    def init_params(self, model_params: Params) -> Params:
+        """The meta-parameters to federate, from the model's initial parameters (learners with
+        extra meta-parameters, such as Meta-SGD's learning rates, add them here)."""
+        return model_params
+
     def local_update(
-        self, params: Params, sample_tasks: TaskBatchFn
+        self, params: Params, sample_tasks: TaskBatchFn, ctx: LocalContext | None = None
     ) -> tuple[Params, dict[str, float]]:
         """Run the client's local meta-training from ``params``; return new params and metrics.
 
         Returned tensors are detached. Metrics are averaged over local steps; the key
-        ``"train-loss"`` is the mean query loss after adaptation (or training loss).
+        ``"train-loss"`` is the mean query loss after adaptation (or training loss). A
+        ``ctx.proximal_mu > 0`` adds FedProx's proximal gradient ``mu * (w - w_global)``.
         """
+        mu = ctx.proximal_mu if ctx is not None else 0.0
+        anchor = {k: v.detach() for k, v in params.items()}
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         opt = OUTER_OPTIMIZERS[self.cfg.outer_optimizer](leaves.values(), lr=self.cfg.outer_lr)
         totals: dict[str, float] = {}
@@ -160,6 +222,8 @@ class Learner:
             grads, metrics = self.meta_gradient(leaves, sample_tasks(self.cfg.tasks_per_step))
             for k, p in leaves.items():
                 p.grad = grads[k].detach()
+                if mu:
+                    p.grad += mu * (p.detach() - anchor[k])
             opt.step()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value / self.cfg.local_steps

@@ -18,12 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, LearnerConfig, Params
+from fedmeta.learners.base import Learner, LearnerConfig, Params, n_way_of, zero_head
 from fedmeta.learners.reptile import pooled
 from fedmeta.tasks import LossFn, Task
-
-HEAD = ("head.weight", "head.bias")
-"""The parameter names of the output layer in every fedmeta model."""
 
 
 @LEARNERS.register("fedavg", help="FedAvg: global classifier by local SGD, fine-tune to evaluate")
@@ -85,10 +82,4 @@ class FedAvg(Learner):
         tasks (float targets) keep their head."""
         if task.support_y.is_floating_point():
             return params
-        n_way = len(task.classes) if task.classes is not None else int(task.support_y.max()) + 1
-        weight, bias = (params[k] for k in HEAD)
-        return {
-            **params,
-            HEAD[0]: weight.new_zeros(n_way, weight.shape[1]),
-            HEAD[1]: bias.new_zeros(n_way),
-        }
+        return zero_head(params, n_way_of(task))

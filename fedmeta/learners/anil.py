@@ -1,0 +1,64 @@
+"""ANIL: MAML whose inner loop adapts only the head ("Almost No Inner Loop").
+
+Raghu, Raghu, Bengio and Vinyals (2020), "Rapid Learning or Feature Reuse? Towards
+Understanding the Effectiveness of MAML", ICLR. The inner loop takes ``inner_steps`` SGD steps
+on the output layer only, with the support features computed once; the outer loop
+differentiates the query loss through those steps (second order) with respect to every
+parameter. Evaluation likewise adapts only the head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fedmeta.learners import LEARNERS
+from fedmeta.learners.base import HEAD, Learner, Params, sgd_step
+from fedmeta.tasks import Task
+
+
+@LEARNERS.register("anil", help="ANIL (Raghu et al., 2020): MAML adapting only the head")
+class ANIL(Learner):
+    """Second-order MAML with a head-only inner loop."""
+
+    def adapt_head(
+        self, params: Params, feats: Tensor, y: Tensor, steps: int, lr: float, create_graph: bool
+    ) -> dict[str, Tensor]:
+        """``steps`` SGD steps on the head from ``params``' head, on fixed features ``feats``."""
+        head = {k: params[k] for k in HEAD}
+        for _ in range(steps):
+            loss = self.loss_fn(F.linear(feats, *head.values()), y)
+            grads = torch.autograd.grad(loss, tuple(head.values()), create_graph=create_graph)
+            head = sgd_step(head, grads, lr)
+        return head
+
+    def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
+        """Gradient of the query loss after head-only adaptation on the support set."""
+        support = self.features(params, task.support_x)
+        head = self.adapt_head(
+            params, support, task.support_y, self.cfg.inner_steps, self.cfg.inner_lr, True
+        )
+        query = self.features(params, task.query_x)
+        loss = self.loss_fn(F.linear(query, *head.values()), task.query_y)
+        grads = torch.autograd.grad(loss, tuple(params.values()))
+        return dict(zip(params, grads, strict=True)), loss.item()
+
+    def adapt(
+        self,
+        params: Params,
+        x: Tensor,
+        y: Tensor,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> Params:
+        """Head-only adaptation on the support set; the feature extractor is kept."""
+        steps = self.cfg.eval_inner_steps if steps is None else steps
+        lr = self.cfg.inner_lr if lr is None else lr
+        with torch.no_grad():
+            feats = self.features(params, x)
+        start = {k: v.detach() for k, v in params.items()}
+        head = {k: start[k].clone().requires_grad_(True) for k in HEAD}
+        with torch.enable_grad():
+            head = self.adapt_head({**start, **head}, feats, y, steps, lr, False)
+        return {**start, **{k: v.detach() for k, v in head.items()}}

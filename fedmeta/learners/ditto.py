@@ -1,0 +1,78 @@
+"""Ditto: a global model by FedAvg plus a personal model per client, kept in its state.
+
+Li, Hu, Beirami and Smith (2021), "Ditto: Fair and Robust Federated Learning Through
+Personalization", ICML, Algorithm 1. Each round a client (1) trains the global model locally
+exactly as FedAvg does (global head over the training classes, see :mod:`fedmeta.learners.fedavg`)
+and returns it for aggregation, and (2) updates its personal model ``v`` with ``local_steps``
+SGD steps (step ``inner_lr``) on ``f(v) + lam / 2 * ||v - w||^2``, where ``w`` is the global
+model it received. The personal model persists across rounds in the client's Flower
+``context.state`` (a resumed run restarts personal models from the global model).
+
+A new (held-out) client has no personal model yet: it starts from the global model with a
+fresh ``n_way`` head and solves the same regularised problem on its support set, with
+``eval_inner_steps`` steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from fedmeta.learners import LEARNERS
+from fedmeta.learners.base import LearnerConfig, LocalContext, Params, sgd_step
+from fedmeta.learners.fedavg import FedAvg
+from fedmeta.tasks import TaskBatchFn
+
+
+class DittoConfig(LearnerConfig):
+    lam: float = Field(0.1, ge=0)
+    """Ditto's ``lambda``: how strongly a personal model is pulled to the global one."""
+
+
+PERSONAL = "ditto-personal"
+
+
+@LEARNERS.register("ditto", help="Ditto (Li et al., 2021): FedAvg + stateful personal models")
+class Ditto(FedAvg):
+    """FedAvg for the global model; proximal personal models on clients (see module doc)."""
+
+    Options = DittoConfig
+
+    def local_update(
+        self, params: Params, sample_tasks: TaskBatchFn, ctx: LocalContext | None = None
+    ) -> tuple[Params, dict[str, float]]:
+        ctx = ctx if ctx is not None else LocalContext()
+        new_global, metrics = super().local_update(params, sample_tasks, ctx)
+        anchor = {k: v.detach() for k, v in params.items()}
+        personal = ctx.state.get(PERSONAL, anchor)
+        v = {k: t.detach().clone().requires_grad_(True) for k, t in personal.items()}
+        loss_sum = 0.0
+        for _ in range(self.cfg.local_steps):
+            grads, step_metrics = self.meta_gradient(v, sample_tasks(self.cfg.tasks_per_step))
+            prox = {k: grads[k] + self.cfg.lam * (v[k].detach() - anchor[k]) for k in v}
+            v = {
+                k: t.detach().requires_grad_(True)
+                for k, t in sgd_step(v, list(prox.values()), self.cfg.inner_lr).items()
+            }
+            loss_sum += step_metrics["train-loss"]
+        ctx.state[PERSONAL] = {k: t.detach() for k, t in v.items()}
+        return new_global, {**metrics, "personal-train-loss": loss_sum / self.cfg.local_steps}
+
+    def adapt(
+        self,
+        params: Params,
+        x: Tensor,
+        y: Tensor,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> Params:
+        """The new client's personal model: SGD on the support loss plus Ditto's proximal
+        term towards the (fresh-headed) global model."""
+        steps = self.cfg.eval_inner_steps if steps is None else steps
+        lr = self.cfg.inner_lr if lr is None else lr
+        anchor = {k: v.detach() for k, v in params.items()}
+        start = {k: v.clone().requires_grad_(True) for k, v in anchor.items()}
+        with torch.enable_grad():
+            fast = self.inner_loop(start, x, y, steps, lr, False, anchor, self.cfg.lam)
+        return {k: v.detach() for k, v in fast.items()}

@@ -1,0 +1,277 @@
+"""Studies: one scenario run as a grid of cells (strategy x seed [x parameter values]).
+
+``fedmeta compare`` runs every strategy with every seed; ``fedmeta sweep`` adds a grid over one
+or two scenario keys. A *strategy* is a named set of scenario overrides, looked up in this order:
+
+1. a ``[compare.define.<name>]`` table of the scenario (a partial scenario merged into it);
+2. a built-in preset (:data:`PRESETS`: ``fedmaml``, ``fedreptile``, ``fedavg-ft``, ``fedprox``,
+   ``local-only``, ``centralized``);
+3. a learner name from the registry (``learner.name = <name>``).
+
+Within one seed every cell shares the scenario seed, hence identical client partitions and
+identical evaluation tasks (held-out tasks are keyed by seed and client only). Seed ``i`` of a
+study is ``scenario.seed + i``. Each cell is an ordinary run directory under ``<out>/runs/``, so
+an interrupted study resumes cell by cell (finished cells are skipped, a cut one is resumed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmeta.config import NAMED_TABLES, Scenario, parse_value, scenario_from_dict
+from fedmeta.errors import FedmetaError
+from fedmeta.learners import LEARNERS
+from fedmeta.options import kebab
+from fedmeta.results import RunDir, atomic_write_text
+
+
+def _centralized(raw: dict) -> dict:
+    """MAML on the pooled data of all training clients with no federation: every training
+    client holds the whole train pool, one client trains per round and takes as many
+    meta-steps as all sampled clients together would (same compute, sequential)."""
+    n_train = raw.get("clients", {}).get("train", 50)
+    fraction = raw.get("train", {}).get("fraction", 0.2)
+    per_round = max(1, round(fraction * n_train))
+    local = raw.get("learner", {}).get("local-steps", 5)
+    return {
+        "partition": {"name": "pooled"},
+        "train": {"fraction": 1.0 / n_train},
+        "learner": {"local-steps": local * per_round},
+    }
+
+
+def _local_only(raw: dict) -> dict:
+    """No federation: rounds = 0, and a new client trains from the initialisation with at
+    least 20 SGD steps."""
+    steps = max(20, raw.get("learner", {}).get("eval-inner-steps", 3))
+    return {"learner": {"name": "local-only", "eval-inner-steps": steps}, "train": {"rounds": 0}}
+
+
+PRESETS: dict[str, Callable[[dict], dict]] = {
+    "fedmaml": lambda raw: {"learner": {"name": "maml"}},
+    "fedreptile": lambda raw: {"learner": {"name": "reptile"}},
+    "fedavg-ft": lambda raw: {"learner": {"name": "fedavg"}},
+    "fedprox": lambda raw: {"learner": {"name": "fedavg"}, "strategy": {"name": "fedprox"}},
+    "local-only": _local_only,
+    "centralized": _centralized,
+}
+"""Built-in strategies that are not plain learner names."""
+
+
+def _carried(table: str, old: dict, new_name: str) -> dict:
+    """The options of ``old`` that the entry ``new_name`` of ``table``'s registry also accepts
+    (a learner swap keeps ``local-steps``; a partitioner swap drops ``by``)."""
+    registry = NAMED_TABLES.get(table)
+    if registry is None or new_name not in registry.names():
+        return {}
+    accepted = {kebab(f) for f in registry.get(new_name).Options.model_fields}
+    return {k: v for k, v in old.items() if k in accepted}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, tables recursively (neither is modified). When a named
+    table changes its ``name``, only the old options the new entry accepts are kept."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if "name" in value and value["name"] != old.get("name", value["name"]):
+                old = _carried(key, old, value["name"])
+            out[key] = deep_merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def strategy_overrides(name: str, raw: dict, defined: dict[str, dict]) -> dict:
+    """The scenario overrides that make strategy ``name`` (see the module docstring)."""
+    if name in defined:
+        return defined[name]
+    if name in PRESETS:
+        return PRESETS[name](raw)
+    if name in LEARNERS.names():
+        return {"learner": {"name": name}}
+    known = sorted({*defined, *PRESETS, *LEARNERS.names()})
+    raise FedmetaError(
+        f"unknown strategy {name!r}; define it in [compare.define.{name}] or use one of: "
+        f"{', '.join(known)}"
+    )
+
+
+def parse_param(spec: str) -> tuple[str, list[Any]]:
+    """``--param partition.alpha=0.05,0.1`` -> ``("partition.alpha", [0.05, 0.1])``."""
+    key, sep, values = spec.partition("=")
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not items:
+        raise FedmetaError(
+            f"--param {spec!r} must look like key=v1,v2,..., e.g. partition.alpha=0.1,1,100"
+        )
+    return key.strip(), [parse_value(v) for v in items]
+
+
+def _set(raw: dict, key: str, value: Any) -> dict:
+    *tables, leaf = key.split(".")
+    over: dict = {leaf: value}
+    for t in reversed(tables):
+        over = {t: over}
+    return deep_merge(raw, over)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a study."""
+
+    strategy: str
+    seed: int
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def dirname(self) -> str:
+        extra = "".join(f"_{k.split('.')[-1]}={v}" for k, v in self.params)
+        return f"{self.strategy}_seed{self.seed}{extra}"
+
+    def to_json(self) -> dict:
+        return {"strategy": self.strategy, "seed": self.seed, "params": dict(self.params)}
+
+
+@dataclass
+class Study:
+    """A planned study: its cells with their validated scenarios."""
+
+    kind: str
+    name: str
+    strategies: list[str]
+    seeds: list[int]
+    params: dict[str, list[Any]]
+    target: float
+    adapt_steps: list[int]
+    cells: list[tuple[Cell, Scenario]] = field(default_factory=list)
+
+    def manifest(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "strategies": self.strategies,
+            "seeds": self.seeds,
+            "params": self.params,
+            "target": self.target,
+            "adapt-steps": self.adapt_steps,
+            "cells": [c.to_json() | {"dir": c.dirname} for c, _ in self.cells],
+        }
+
+
+def plan_study(
+    raw: dict,
+    kind: str,
+    strategies: list[str] | None = None,
+    seeds: int | None = None,
+    params: dict[str, list[Any]] | None = None,
+) -> Study:
+    """Validate every cell of a study up front (bad input fails before anything runs)."""
+    base = scenario_from_dict(raw)
+    opts = base.compare
+    strategies = strategies or list(opts.strategies) or [base.learner.name]
+    if len(set(strategies)) != len(strategies):
+        raise FedmetaError(f"--strategies names a strategy twice: {','.join(strategies)}")
+    n_seeds = seeds or opts.seeds
+    params = params or {}
+    plain = {k: v for k, v in raw.items() if k != "compare"}
+    study = Study(
+        kind,
+        base.name,
+        strategies,
+        [base.seed + i for i in range(n_seeds)],
+        params,
+        opts.target,
+        sorted(set(opts.adapt_steps)),
+    )
+    grid: list[tuple[tuple[str, Any], ...]] = [()]
+    for key, values in params.items():
+        grid = [g + ((key, v),) for g in grid for v in values]
+    for strategy in strategies:
+        over = strategy_overrides(strategy, plain, opts.define)
+        for point in grid:
+            for seed in study.seeds:
+                cell_raw = deep_merge(plain, over)
+                for key, value in point:
+                    cell_raw = _set(cell_raw, key, value)
+                cell = Cell(strategy, seed, point)
+                cell_raw |= {"seed": seed, "name": f"{base.name}/{cell.dirname}"}
+                try:
+                    study.cells.append((cell, scenario_from_dict(cell_raw)))
+                except FedmetaError as exc:
+                    where = f"strategy {strategy!r}" + "".join(f", {k}={v}" for k, v in point)
+                    raise FedmetaError(f"{where}: {exc}") from None
+    return study
+
+
+def write_manifest(out: Path, study: Study) -> None:
+    path = out / "study.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old["cells"] != study.manifest()["cells"]:
+            raise FedmetaError(
+                f"--out {str(out)!r} holds a different study; use another --out directory"
+            )
+    atomic_write_text(path, json.dumps(study.manifest(), indent=2) + "\n")
+
+
+def read_manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / "study.json").read_text())
+    except FileNotFoundError:
+        raise FedmetaError(f"{str(out)!r} is not a study directory (no study.json)") from None
+
+
+def cell_run(out: Path, dirname: str) -> RunDir:
+    return RunDir(out / "runs" / dirname)
+
+
+def write_adapt_steps(run: RunDir, scenario: Scenario, steps: list[int]) -> None:
+    """Evaluate the run's final meta-parameters on its held-out tasks after each number of
+    adaptation ``steps``; writes ``adapt-steps.json`` (pooled mean and 95% CI per step count)."""
+    import torch
+
+    from fedmeta.evaluate import accuracy_by_steps
+    from fedmeta.experiment import build_experiment
+    from server.evaluation import mean_ci95
+
+    exp = build_experiment(scenario)
+    params = exp.to_device(torch.load(run.path / "final.pt", weights_only=True))
+    pooled: dict[int, list[float]] = {s: [] for s in steps}
+    first = scenario.clients.train
+    for pid in range(first, first + scenario.clients.heldout):
+        scores = accuracy_by_steps(exp.learner, params, exp.eval_tasks(pid), exp.source.kind, steps)
+        for s, values in scores.items():
+            pooled[s].extend(values)
+    stats = [mean_ci95(pooled[s]) for s in steps]
+    metric = "query-acc" if exp.source.kind.accuracy is not None else "query-loss"
+    result = {
+        "metric": metric,
+        "steps": steps,
+        "mean": [m for m, _ in stats],
+        "ci95": [c for _, c in stats],
+        "num-tasks": len(pooled[steps[0]]),
+    }
+    atomic_write_text(run.path / "adapt-steps.json", json.dumps(result, indent=2) + "\n")
+
+
+def run_study(study: Study, out: Path, progress_for: Callable[[int, Cell], Any]) -> None:
+    """Run every cell not finished yet (a cut cell resumes from its checkpoint), then its
+    adaptation-steps evaluation."""
+    from fedmeta.simulation import simulate
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, study)
+    for i, (cell, scenario) in enumerate(study.cells, 1):
+        run = cell_run(out, cell.dirname)
+        if not (run.path / "summary.json").exists():
+            run.write_scenario(scenario.to_toml())
+            simulate(scenario, run, progress_for(i, cell))
+        if not (run.path / "adapt-steps.json").exists():
+            write_adapt_steps(run, scenario, study.adapt_steps)

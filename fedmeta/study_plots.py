@@ -1,0 +1,210 @@
+"""Plots of a study (comparison or sweep), regenerated from its saved results.
+
+Every curve is the mean over seeds with a shaded 95% confidence band: Student-t across seeds, or
+the run's own interval over tasks when there is one seed. A strategy evaluated only before
+training (``train.rounds = 0``, e.g. ``local-only``) is drawn as a dashed horizontal line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedmeta.study_results import CellResult, mean_ci_seeds  # noqa: E402
+
+COMPARE_PLOTS = ("acc_vs_round", "acc_vs_mb", "acc_vs_adapt_steps", "acc_by_client")
+
+
+def _label(c: CellResult) -> str:
+    extra = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c.params.items())
+    return f"{c.strategy} ({extra})" if extra else c.strategy
+
+
+def _groups(cells: list[CellResult]) -> dict[str, list[CellResult]]:
+    out: dict[str, list[CellResult]] = {}
+    for c in cells:
+        out.setdefault(_label(c), []).append(c)
+    return out
+
+
+def _series(
+    group: list[CellResult], points: Callable[[CellResult], dict[float, tuple[float, float]]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, mean and CI half-width over the x values every seed has."""
+    per_seed = [points(c) for c in group]
+    xs = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+    mean, ci = [], []
+    for x in xs:
+        if len(per_seed) == 1:
+            m, h = per_seed[0][x]
+        else:
+            m, h = mean_ci_seeds([p[x][0] for p in per_seed])
+        mean.append(m)
+        ci.append(0.0 if math.isnan(h) else h)
+    return np.array(xs, dtype=float), np.array(mean), np.array(ci)
+
+
+def _draw(ax, label: str, x, mean, ci, xspan: tuple[float, float] | None = None) -> None:
+    if len(x) == 1 and xspan is not None:  # evaluated once: a flat reference line
+        ax.hlines(mean[0], *xspan, linestyles="--", colors="0.4", label=f"{label} (no training)")
+        ax.axhspan(mean[0] - ci[0], mean[0] + ci[0], color="0.6", alpha=0.15)
+        return
+    (line,) = ax.plot(x, mean, marker="o", ms=3, label=label)
+    ax.fill_between(x, mean - ci, mean + ci, alpha=0.2, color=line.get_color())
+
+
+def _finish(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _heldout_points(metric: str, x_of: Callable[[CellResult, int], float]):
+    def points(c: CellResult) -> dict[float, tuple[float, float]]:
+        ci = dict(c.curve(f"{metric}-ci95"))
+        return {x_of(c, rnd): (v, ci.get(rnd, math.nan)) for rnd, v in c.curve(metric)}
+
+    return points
+
+
+def _metric(cells: list[CellResult]) -> str:
+    has_acc = any(c.curve("query-acc-post") for c in cells)
+    return "query-acc-post" if has_acc else "query-loss-post"
+
+
+def plot_vs_round(cells: list[CellResult], out: Path, title: str) -> Path:
+    metric = _metric(cells)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    last = max((r for c in cells for r, _ in c.curve(metric)), default=1)
+    for label, group in _groups(cells).items():
+        x, m, ci = _series(group, _heldout_points(metric, lambda c, r: r))
+        _draw(ax, label, x, m, ci, xspan=(0, last))
+    return _finish(fig, ax, out, "round", f"held-out {metric}", title)
+
+
+def plot_vs_mb(cells: list[CellResult], out: Path, title: str) -> Path:
+    metric = _metric(cells)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+    def mb(c: CellResult, rnd: int) -> float:
+        return round(c.system("bytes-communicated").get(rnd, 0.0) / 2**20, 1)
+
+    span = max((mb(c, r) for c in cells for r, _ in c.curve(metric)), default=1.0)
+    for label, group in _groups(cells).items():
+        x, m, ci = _series(group, _heldout_points(metric, mb))
+        _draw(ax, label, x, m, ci, xspan=(0, span))
+    return _finish(
+        fig, ax, out, "MB communicated (server <-> clients)", f"held-out {metric}", title
+    )
+
+
+def plot_vs_adapt_steps(cells: list[CellResult], out: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ylabel = "held-out query accuracy"
+    for label, group in _groups([c for c in cells if c.adapt]).items():
+        ylabel = f"held-out {group[0].adapt['metric']}"
+
+        def points(c: CellResult) -> dict[float, tuple[float, float]]:
+            a = c.adapt
+            return {s: (m, h) for s, m, h in zip(a["steps"], a["mean"], a["ci95"], strict=True)}
+
+        _draw(ax, label, *_series(group, points))
+    return _finish(fig, ax, out, "adaptation steps at evaluation", ylabel, title)
+
+
+def plot_by_client(cells: list[CellResult], out: Path, title: str) -> Path:
+    """Per held-out client accuracy after adaptation at the last evaluation (seeds pooled)."""
+    groups = _groups(cells)
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups) + 2), 4.5))
+    data = [[v for c in g for v in c.per_client()] for g in groups.values()]
+    labels = list(groups)
+    keep = [i for i, d in enumerate(data) if d]
+    ax.boxplot([data[i] for i in keep], showmeans=True)
+    rng = np.random.default_rng(0)
+    for pos, i in enumerate(keep, 1):
+        ax.scatter(pos + rng.uniform(-0.12, 0.12, len(data[i])), data[i], s=8, alpha=0.5)
+    ax.set_xticks(range(1, len(keep) + 1), [labels[i] for i in keep], rotation=30, ha="right")
+    ax.plot([], [], "g^", label="mean")
+    ax.plot([], [], "o", color="C0", alpha=0.5, label="one held-out client (x seeds)")
+    return _finish(fig, ax, out, "strategy", "held-out client query-acc-post", title)
+
+
+def plot_sweep(
+    cells: list[CellResult], params: dict[str, list[Any]], out: Path, title: str
+) -> Path:
+    """Final held-out accuracy after adaptation against the first swept parameter, one line per
+    strategy (and per value of a second parameter)."""
+    keys = list(params)
+    x_key = keys[0]
+    done = [c for c in cells if c.summary is not None]
+    metric = (
+        "query-acc-post"
+        if any(c.final("query-acc-post") is not None for c in done)
+        else ("query-loss-post")
+    )
+    numeric = all(isinstance(v, int | float) for v in params[x_key])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[str, list[CellResult]] = {}
+    for c in done:
+        rest = ", ".join(f"{k.split('.')[-1]}={c.params[k]}" for k in keys[1:])
+        lines.setdefault(f"{c.strategy} ({rest})" if rest else c.strategy, []).append(c)
+    order = {v: i for i, v in enumerate(params[x_key])}
+    for label, group in lines.items():
+
+        def points(c: CellResult) -> dict[float, tuple[float, float]]:
+            x = c.params[x_key] if numeric else order[c.params[x_key]]
+            ci = c.summary["heldout"].get(f"{metric}-ci95", math.nan)
+            return {x: (c.final(metric), ci)}
+
+        by_x: dict[float, list[CellResult]] = {}
+        for c in group:
+            by_x.setdefault(next(iter(points(c))), []).append(c)
+        xs, ms, cis = [], [], []
+        for x in sorted(by_x):
+            _, m, h = _series(by_x[x], points)
+            xs.append(x)
+            ms.append(m[0])
+            cis.append(h[0])
+        _draw(ax, label, np.array(xs), np.array(ms), np.array(cis))
+    if numeric:
+        vals = [v for v in params[x_key] if v > 0]
+        if len(vals) == len(params[x_key]) and max(vals) / min(vals) >= 50:
+            ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(order)), [str(v) for v in order])
+    return _finish(fig, ax, out, x_key, f"final held-out {metric}", title)
+
+
+def plot_study(out: Path, manifest: dict[str, Any], cells: list[CellResult]) -> list[Path]:
+    """Every plot of a study into ``out``; returns the files written."""
+    name = manifest["name"]
+    seeds = len(manifest["seeds"])
+    band = f"mean and 95% CI over {seeds} seeds" if seeds > 1 else "95% CI over tasks"
+    made = [
+        plot_vs_round(cells, out / "acc_vs_round.png", f"{name}: held-out accuracy ({band})"),
+        plot_vs_mb(cells, out / "acc_vs_mb.png", f"{name}: accuracy vs communication ({band})"),
+        plot_vs_adapt_steps(
+            cells, out / "acc_vs_adapt_steps.png", f"{name}: accuracy vs adaptation steps ({band})"
+        ),
+        plot_by_client(cells, out / "acc_by_client.png", f"{name}: held-out clients, final round"),
+    ]
+    if manifest["params"]:
+        made.append(
+            plot_sweep(cells, manifest["params"], out / "sweep.png", f"{name}: sweep ({band})")
+        )
+    return made

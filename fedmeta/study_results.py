@@ -1,0 +1,198 @@
+"""Study results: the tidy ``results.csv``, per-cell summaries and the Markdown table.
+
+``results.csv`` has one row per strategy, seed, (swept parameter values,) round, phase and
+scalar metric: columns ``strategy, seed, <param keys...>, round, phase, metric, value``. List
+metrics (per-task or per-client values) stay in each run's ``metrics.jsonl``; the last
+held-out round's per-client accuracies go to ``clients.csv`` and the accuracy after each
+number of adaptation steps to ``adapt_steps.csv``.
+
+Across seeds, a mean's 95% confidence interval is Student's ``t(0.975, n-1) * sd / sqrt(n)``;
+with one seed the table shows the run's own interval over tasks instead, marked "(tasks)".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from fedmeta.results import RunDir, atomic_write_text
+from fedmeta.study import read_manifest
+
+RESULT_COLUMNS = ("strategy", "seed", "round", "phase", "metric", "value")
+
+
+@dataclass
+class CellResult:
+    """Everything saved for one cell of a study."""
+
+    strategy: str
+    seed: int
+    params: dict[str, Any]
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    adapt: dict[str, Any] | None
+
+    def curve(self, metric: str = "query-acc-post") -> list[tuple[int, float]]:
+        return sorted(
+            (r["round"], float(r["value"]))
+            for r in self.records
+            if r["phase"] == "heldout" and r["metric"] == metric
+        )
+
+    def system(self, metric: str) -> dict[int, float]:
+        return {r["round"]: float(r["value"]) for r in self.records if r["metric"] == metric}
+
+    def final(self, metric: str) -> float | None:
+        if self.summary is None:
+            return None
+        return self.summary.get("heldout", {}).get(metric)
+
+    def per_client(self, metric: str = "query-acc-post") -> list[float]:
+        key = f"{metric}-per-client"
+        rows = [r for r in self.records if r["phase"] == "heldout" and r["metric"] == key]
+        return list(max(rows, key=lambda r: r["round"])["value"]) if rows else []
+
+
+def load_cells(out: Path) -> tuple[dict[str, Any], list[CellResult]]:
+    """The study manifest and every cell that has written anything."""
+    manifest = read_manifest(out)
+    cells = []
+    for c in manifest["cells"]:
+        run = RunDir(out / "runs" / c["dir"])
+        records = run.read_metrics()
+        if not records:
+            continue
+        summary = (
+            json.loads((run.path / "summary.json").read_text())
+            if (run.path / "summary.json").exists()
+            else None
+        )
+        adapt_path = run.path / "adapt-steps.json"
+        adapt = json.loads(adapt_path.read_text()) if adapt_path.exists() else None
+        cells.append(CellResult(c["strategy"], c["seed"], c["params"], records, summary, adapt))
+    return manifest, cells
+
+
+def mean_ci_seeds(values: list[float]) -> tuple[float, float]:
+    """Mean and Student-t 95% half-width across seeds (nan for one value)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else math.nan, math.nan
+    t = stats.t.ppf(0.975, len(v) - 1)
+    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csvs(out: Path, manifest: dict[str, Any], cells: list[CellResult]) -> None:
+    """``results.csv``, ``clients.csv`` and ``adapt_steps.csv`` (see module docstring)."""
+    keys = list(manifest["params"])
+    head = ["strategy", "seed", *keys]
+    rows = []
+    for c in cells:
+        lead = [c.strategy, c.seed, *(c.params[k] for k in keys)]
+        for r in c.records:
+            if isinstance(r["value"], int | float) and not isinstance(r["value"], bool):
+                rows.append([*lead, r["round"], r["phase"], r["metric"], r["value"]])
+    atomic_write_text(out / "results.csv", _csv([*head, "round", "phase", "metric", "value"], rows))
+    clients = [
+        [c.strategy, c.seed, *(c.params[k] for k in keys), i, v]
+        for c in cells
+        for i, v in enumerate(c.per_client())
+    ]
+    atomic_write_text(
+        out / "clients.csv", _csv([*head, "heldout-client", "query-acc-post"], clients)
+    )
+    adapt = [
+        [c.strategy, c.seed, *(c.params[k] for k in keys), s, m, ci]
+        for c in cells
+        if c.adapt
+        for s, m, ci in zip(c.adapt["steps"], c.adapt["mean"], c.adapt["ci95"], strict=True)
+    ]
+    atomic_write_text(
+        out / "adapt_steps.csv", _csv([*head, "adapt-steps", "query-acc", "ci95"], adapt)
+    )
+
+
+def rounds_to_target(cell: CellResult, target: float) -> int | None:
+    """The first evaluated round whose held-out accuracy after adaptation reaches ``target``."""
+    return next((rnd for rnd, acc in cell.curve() if acc >= target), None)
+
+
+def _pm(mean: float, ci: float, digits: int = 3, note: str = "") -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(ci) else f" ± {ci:.{digits}f}{note}")
+
+
+def comparison_table(manifest: dict[str, Any], cells: list[CellResult]) -> str:
+    """Markdown: one row per strategy (and parameter point) over its finished seeds."""
+    target = manifest["target"]
+    keys = list(manifest["params"])
+    groups: dict[tuple, list[CellResult]] = {}
+    for c in cells:
+        if c.summary is not None:
+            groups.setdefault((c.strategy, *(c.params[k] for k in keys)), []).append(c)
+    header = [
+        "strategy",
+        *keys,
+        "seeds",
+        "held-out acc after adaptation",
+        "before adaptation",
+        f"rounds to {target:g}",
+        "wall min",
+        "MB communicated",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, group in groups.items():
+        post = [c.final("query-acc-post") for c in group]
+        pre = [c.final("query-acc-pre") for c in group]
+        if any(v is None for v in post):  # a regression study: report the loss instead
+            post = [c.final("query-loss-post") for c in group]
+            pre = [c.final("query-loss-pre") for c in group]
+        if len(group) == 1:
+            h = group[0].summary["heldout"]
+            metric = "query-acc" if "query-acc-post" in h else "query-loss"
+            post_s = _pm(post[0], h.get(f"{metric}-post-ci95", math.nan), note=" (tasks)")
+            pre_s = _pm(pre[0], h.get(f"{metric}-pre-ci95", math.nan), note=" (tasks)")
+        else:
+            post_s, pre_s = _pm(*mean_ci_seeds(post)), _pm(*mean_ci_seeds(pre))
+        reached = [r for c in group if (r := rounds_to_target(c, target)) is not None]
+        to_target = (
+            f"{np.mean(reached):.0f} ({len(reached)}/{len(group)} seeds)"
+            if reached
+            else "not reached"
+        )
+        wall = np.mean([c.summary["wall-seconds"] for c in group]) / 60
+        mb = np.mean([c.summary["mb-communicated"] for c in group])
+        row = [
+            *map(str, key),
+            str(len(group)),
+            post_s,
+            pre_s,
+            to_target,
+            f"{wall:.1f}",
+            f"{mb:.0f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out: Path, manifest: dict[str, Any], cells: list[CellResult]) -> str:
+    table = comparison_table(manifest, cells)
+    atomic_write_text(out / "table.md", table)
+    return table
