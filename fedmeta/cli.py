@@ -1,4 +1,4 @@
-"""The ``fedmeta`` command: run, resume, compare, sweep, plot, report, validate and list.
+"""The ``fedmeta`` command: run, resume, compare, sweep, plot, report, partition, validate, list.
 
 Bad input (scenario keys, values, data roots, CLI values) prints one ``error:`` line and exits
 with code 2, without a traceback.
@@ -189,6 +189,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    from fedmeta.config import load_scenario
+    from fedmeta.experiment import build_experiment
+    from fedmeta.partition_report import class_histogram, describe, plot_heatmap
+
+    sc = load_scenario(args.scenario, args.set)
+    exp = build_experiment(sc, check_all=True)
+    counts, _ = class_histogram(exp)
+    print(describe(exp, counts))
+    out = Path(args.out) if args.out else Path("runs") / f"partition-{sc.name}.png"
+    print(f"heatmap: {plot_heatmap(exp, counts, out)}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from fedmeta.config import load_scenario
     from fedmeta.experiment import build_experiment
@@ -288,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(kind, help=text)
         sp.add_argument("dir")
         sp.set_defaults(fn=fn)
+    part = sub.add_parser("partition", help="print and plot who holds which classes (no training)")
+    part.add_argument("scenario")
+    part.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    part.add_argument("--out", help="heatmap PNG (default runs/partition-<name>.png)")
+    part.set_defaults(fn=cmd_partition)
     lst = sub.add_parser("list", help="show datasets, partitioners, models, learners, strategies")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(fn=cmd_list)

@@ -22,6 +22,7 @@ from fedmeta.models import MODELS
 from fedmeta.options import Options, kebab
 from fedmeta.partition import PARTITIONERS
 from fedmeta.registry import Registry
+from fedmeta.skew import SkewOptions
 from server.strategies import STRATEGIES
 
 
@@ -29,11 +30,13 @@ class TaskOptions(Options):
     n_way: int = Field(5, ge=1)
     k_shot: int = Field(1, ge=1)
     query: int = Field(15, ge=1)
+    label_order: Literal["random", "sorted"] = "random"
 
 
 class ClientsOptions(Options):
     train: int = Field(50, ge=1)
     heldout: int = Field(10, ge=1)
+    heldout_split: Literal["classes", "examples"] = "classes"
 
 
 class TrainOptions(Options):
@@ -42,6 +45,7 @@ class TrainOptions(Options):
     timeout: float = Field(3600.0, gt=0)
     max_seconds: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class EvaluationOptions(Options):
@@ -122,6 +126,7 @@ class Scenario(BaseModel):
     evaluation: EvaluationOptions
     backend: BackendOptions
     compare: CompareOptions = CompareOptions()
+    skew: SkewOptions = SkewOptions()
 
     @property
     def learner_config(self) -> LearnerConfig:
@@ -147,6 +152,8 @@ class Scenario(BaseModel):
             out[key] = getattr(self, key).to_toml()
         if self.compare != CompareOptions():
             out["compare"] = self.compare.to_toml()
+        if self.skew.active:
+            out["skew"] = self.skew.to_toml()
         return out
 
 
@@ -157,6 +164,7 @@ PLAIN_TABLES: dict[str, type[Options]] = {
     "evaluation": EvaluationOptions,
     "backend": BackendOptions,
     "compare": CompareOptions,
+    "skew": SkewOptions,
 }
 NAMED_TABLES: dict[str, Registry] = {
     "partition": PARTITIONERS,

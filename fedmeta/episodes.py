@@ -2,7 +2,10 @@
 
 Each episode picks ``n_way`` of the client's classes, then ``k_shot`` support and ``query``
 query examples per class, without replacement. Labels are remapped to the positions
-``0..n_way-1`` in the order the classes were drawn (Vinyals et al., 2016; Finn et al., 2017).
+``0..n_way-1`` in the order the classes were drawn (Vinyals et al., 2016; Finn et al., 2017),
+or in class-id order with ``task.label-order = "sorted"`` (for labels with a fixed meaning, such
+as "no disease" / "disease"). A client's :class:`~fedmeta.skew.ClientSkew`, if any, transforms
+every episode.
 For regression sources (one function per "class") ``n_way`` is 1 and targets come from the
 source.
 """
@@ -15,6 +18,7 @@ import torch
 from fedmeta.data.base import DataSource
 from fedmeta.errors import FedmetaError
 from fedmeta.partition import Shard
+from fedmeta.skew import ClientSkew
 from fedmeta.tasks import Task
 
 
@@ -35,8 +39,11 @@ class EpisodeSampler:
         k_shot: int,
         query: int,
         who: str = "client",
+        skew: ClientSkew | None = None,
+        sorted_labels: bool = False,
     ) -> None:
-        self.source, self.shard = source, shard
+        self.source, self.shard, self.skew = source, shard, skew
+        self.sorted_labels = sorted_labels
         self.n_way, self.k_shot, self.query = n_way, k_shot, query
         need = k_shot + query
         self.eligible = np.array(
@@ -51,6 +58,8 @@ class EpisodeSampler:
 
     def sample_one(self, rng: np.random.Generator) -> Task:
         classes = rng.choice(self.eligible, size=self.n_way, replace=False)
+        if self.sorted_labels:
+            classes = np.sort(classes)
         sx, sy, qx, qy = [], [], [], []
         for pos, c in enumerate(classes):
             pick = rng.choice(
@@ -63,10 +72,11 @@ class EpisodeSampler:
             sy.append(y[: self.k_shot])
             qx.append(x[self.k_shot :])
             qy.append(y[self.k_shot :])
-        return Task(
+        task = Task(
             *(torch.from_numpy(np.concatenate(a)) for a in (sx, sy, qx, qy)),
             classes=torch.from_numpy(classes.astype(np.int64)),
         )
+        return self.skew(task, self.n_way, rng) if self.skew is not None else task
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Task]:
         return [self.sample_one(rng) for _ in range(n)]

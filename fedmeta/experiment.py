@@ -24,6 +24,7 @@ from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS, Learner
 from fedmeta.models import MODELS
 from fedmeta.partition import PARTITIONERS, Layout, build_layout
+from fedmeta.skew import SKEW, ClientSkew
 from fedmeta.tasks import Task
 
 TRAIN, EVAL, INIT = 1, 2, 3
@@ -91,6 +92,10 @@ class Experiment:
         query = query or t.query
         if (partition_id, query) not in self._samplers:
             role = "held-out" if self.is_heldout(partition_id) else "training"
+            skew = None
+            if self.scenario.skew.active:
+                rng = rng_for(self.scenario.seed, SKEW, partition_id)
+                skew = ClientSkew.draw(self.scenario.skew, rng, self.is_heldout(partition_id))
             self._samplers[partition_id, query] = EpisodeSampler(
                 self.source,
                 self.layout.shard(partition_id),
@@ -98,6 +103,8 @@ class Experiment:
                 t.k_shot,
                 query,
                 who=f"{role} client {partition_id}",
+                skew=skew,
+                sorted_labels=t.label_order == "sorted",
             )
         return self._samplers[partition_id, query]
 
@@ -163,12 +170,17 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
             f"task.n-way = {scenario.task.n_way} but {scenario.data.name} is a regression "
             f"dataset; set task.n-way = 1"
         )
+    sk = scenario.skew
+    if (sk.rotation or sk.blur) and len(source.feature_shape) != 3:
+        raise FedmetaError(
+            f"skew.rotation and skew.blur need image data but {scenario.data.name} has "
+            f"feature shape {source.feature_shape}; set them to 0 (contrast and noise work)"
+        )
     partitioner = PARTITIONERS.get(scenario.partition.name, key="partition.name")(
         scenario.partition.options
     )
-    layout = build_layout(
-        source, partitioner, scenario.clients.train, scenario.clients.heldout, scenario.seed
-    )
+    c = scenario.clients
+    layout = build_layout(source, partitioner, c.train, c.heldout, scenario.seed, c.heldout_split)
     device = pick_device(scenario.backend.device)
     model = build_model(scenario, source).to(device)
     learner = LEARNERS.get(scenario.learner.name, key="learner.name")(

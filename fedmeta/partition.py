@@ -71,10 +71,30 @@ def _whole(source: DataSource, classes) -> Shard:
     return Shard({int(c): np.arange(source.num_examples(int(c))) for c in classes})
 
 
+def power_law_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Client shares proportional to ``rank ** -exponent`` (ranks shuffled over clients):
+    ``exponent = 0`` is equal shares; larger values give a few large and many small clients
+    (quantity skew, e.g. Li, Diao, Chen and He, 2022, "Federated Learning on Non-IID Data
+    Silos: An Experimental Study")."""
+    w = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    return rng.permutation(w / w.sum())
+
+
+def power_law_sizes(total: int, n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """``total`` items split into ``n`` power-law sizes, each at least 1."""
+    sizes = np.maximum(1, np.floor(power_law_weights(n, exponent, rng) * total)).astype(int)
+    while sizes.sum() > total:  # the floors of 1 can overshoot: take from the largest
+        sizes[np.argmax(sizes)] -= 1
+    sizes[np.argmax(sizes)] += total - sizes.sum()
+    return sizes
+
+
 class LabelSplitOptions(Options):
     classes_per_client: int | None = Field(None, ge=1)
     overlap: float = Field(0.0, ge=0.0, lt=1.0)
     by: Literal["class", "group"] = "class"
+    quantity_skew: float = Field(0.0, ge=0.0)
+    divide: bool = False
 
 
 @PARTITIONERS.register("label-split", help="each client holds its own classes (optional overlap)")
@@ -82,9 +102,13 @@ class LabelSplit(Partitioner):
     """Each client gets whole classes. Without ``classes-per-client`` the pool is split evenly
     and disjointly; with it, client ``i`` takes a window of that many classes starting at
     ``i * stride``, where ``stride = round(classes-per-client * (1 - overlap))``, so consecutive
-    clients share a fraction ``overlap`` of their classes. ``by = "group"`` orders classes by
+    clients share a fraction ``overlap`` of their classes (the same examples, unless ``divide``:
+    then windows wrap around the class order and a class's examples are divided among the
+    clients holding it, as in the "#C = k" label skew of Li et al., 2022, for datasets with few
+    classes such as RetinaMNIST). ``by = "group"`` orders classes by
     their natural group first (Omniglot: alphabet), so each hospital holds one alphabet or a
-    part of one."""
+    part of one. ``quantity-skew`` (without ``classes-per-client``) gives client ``i`` a
+    power-law share of the classes instead of an equal one (:func:`power_law_sizes`)."""
 
     Options = LabelSplitOptions
 
@@ -112,16 +136,50 @@ class LabelSplit(Partitioner):
                     f"the train pool has {len(order)} classes for clients.train = {n}; "
                     f"use fewer training clients or more classes"
                 )
+            if self.options.quantity_skew:
+                sizes = power_law_sizes(len(order), n, self.options.quantity_skew, rng)
+                return [_whole(source, c) for c in np.split(order, np.cumsum(sizes)[:-1])]
             return [_whole(source, chunk) for chunk in np.array_split(order, n)]
+        if self.options.quantity_skew:
+            raise FedmetaError(
+                "partition.quantity-skew needs an even label split: remove "
+                "partition.classes-per-client, or set quantity-skew = 0"
+            )
         stride = max(1, round(cpc * (1.0 - self.options.overlap)))
+        if self.options.divide:
+            return self._divided(source, order, n, cpc, stride, rng)
         needed = stride * (n - 1) + cpc
         if needed > len(order):
             raise FedmetaError(
                 f"partition.classes-per-client = {cpc} with overlap = {self.options.overlap} "
                 f"needs {needed} train classes for {n} clients but the pool has {len(order)}; "
-                f"lower classes-per-client, raise overlap or use fewer clients"
+                f"lower classes-per-client, raise overlap, use fewer clients or set "
+                f"partition.divide = true"
             )
         return [_whole(source, order[i * stride : i * stride + cpc]) for i in range(n)]
+
+    @staticmethod
+    def _divided(
+        source: DataSource, order: np.ndarray, n: int, cpc: int, stride: int, rng
+    ) -> list[Shard]:
+        """Windows that wrap around the class order; a class's examples are divided among the
+        clients that hold it, so no example is at two clients."""
+        if cpc > len(order):
+            raise FedmetaError(
+                f"partition.classes-per-client = {cpc} but the train pool has {len(order)} "
+                f"classes; lower classes-per-client"
+            )
+        holders: dict[int, list[int]] = {}
+        for i in range(n):
+            for j in range(cpc):
+                holders.setdefault(int(order[(i * stride + j) % len(order)]), []).append(i)
+        shards: list[dict[int, np.ndarray]] = [{} for _ in range(n)]
+        for c, clients in holders.items():
+            parts = np.array_split(rng.permutation(source.num_examples(c)), len(clients))
+            for client, part in zip(clients, parts, strict=True):
+                if len(part):
+                    shards[client][c] = np.sort(part)
+        return [Shard(s) for s in shards]
 
 
 def _split_examples(
@@ -155,17 +213,19 @@ class Dirichlet(Partitioner):
 
 
 class IIDOptions(Options):
-    pass
+    quantity_skew: float = Field(0.0, ge=0.0)
 
 
 @PARTITIONERS.register("iid", help="every class's examples spread uniformly over clients")
 class IID(Partitioner):
-    """Every class's examples are spread uniformly at random over the training clients."""
+    """Every class's examples are spread uniformly at random over the training clients; with
+    ``quantity-skew``, in power-law proportions drawn once (:func:`power_law_weights`)."""
 
     Options = IIDOptions
 
     def split(self, source: DataSource, n: int, rng: np.random.Generator) -> list[Shard]:
-        return _split_examples(source, n, rng, lambda r: np.full(n, 1.0 / n))
+        shares = power_law_weights(n, self.options.quantity_skew, rng)
+        return _split_examples(source, n, rng, lambda r: shares)
 
 
 class PooledOptions(Options):
@@ -186,16 +246,32 @@ class Pooled(Partitioner):
 
 
 def build_layout(
-    source: DataSource, partitioner: Partitioner, n_train: int, n_heldout: int, seed: int
+    source: DataSource,
+    partitioner: Partitioner,
+    n_train: int,
+    n_heldout: int,
+    seed: int,
+    heldout_split: str = "classes",
 ) -> Layout:
     """Partition ``source`` for ``n_train`` training and ``n_heldout`` held-out clients.
 
     The held-out split has its own random stream, so it depends only on the seed and
     ``n_heldout``: every partitioner, client count and partition setting of a study scores the
-    same held-out hospitals.
+    same held-out hospitals. ``heldout_split = "examples"`` gives every held-out client all the
+    held-out classes with their examples divided (new patients of known kinds, for datasets
+    with few classes); the default gives each its own classes.
     """
     train = partitioner.split(source, n_train, np.random.default_rng([seed, 0x5EED]))
-    heldout_pool = np.random.default_rng([seed, 0x4E1D]).permutation(source.pool("heldout"))
+    rng = np.random.default_rng([seed, 0x4E1D])
+    if heldout_split == "examples":
+        shards: list[dict[int, np.ndarray]] = [{} for _ in range(n_heldout)]
+        for c in source.pool("heldout"):
+            parts = np.array_split(rng.permutation(source.num_examples(int(c))), n_heldout)
+            for shard, part in zip(shards, parts, strict=True):
+                if len(part):
+                    shard[int(c)] = np.sort(part)
+        return Layout(tuple(train), tuple(Shard(s) for s in shards))
+    heldout_pool = rng.permutation(source.pool("heldout"))
     if len(heldout_pool) < n_heldout:
         raise FedmetaError(
             f"the held-out pool has {len(heldout_pool)} classes for clients.heldout = "

@@ -86,7 +86,14 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
     nodes = wait_for_nodes(grid, exp.n_clients)
     partition_of = map_partitions(grid, nodes, config, sc.train.timeout)
     strategy: FedMetaMixin = build_strategy(sc.strategy.name, sc.strategy.options)
-    strategy.bind(partition_of, sc.clients.train, sc.train.fraction, sc.seed, eval_rounds(exp))
+    strategy.bind(
+        partition_of,
+        sc.clients.train,
+        sc.train.fraction,
+        sc.seed,
+        eval_rounds(exp),
+        sc.train.dropout,
+    )
 
     ckpt = run_dir.load_checkpoint()
     if ckpt is None:
@@ -117,6 +124,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
             info = {
                 "clients": len(ok),
                 "failed": len(replies) - len(ok),
+                "dropped": strategy.dropped,
                 "round-train-seconds": time.monotonic() - t_train,
             }
             metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}

@@ -58,18 +58,26 @@ class FedMetaMixin:
         fraction: float,
         seed: int,
         eval_rounds: set[int],
+        dropout: float = 0.0,
     ) -> None:
         self.partition_of = partition_of
         by_pid = sorted(partition_of, key=partition_of.get)
         self.train_nodes = [n for n in by_pid if partition_of[n] < n_train]
         self.heldout_nodes = [n for n in by_pid if partition_of[n] >= n_train]
         self.fraction, self.seed, self.eval_rounds = fraction, seed, eval_rounds
+        self.dropout, self.dropped = dropout, 0
 
     def sample_train_nodes(self, server_round: int) -> list[int]:
+        """A seeded sample of ``fraction`` of the training clients; with ``dropout``, each
+        sampled client then drops out of the round with that probability (at least one
+        stays). ``self.dropped`` counts the dropped ones."""
         k = max(1, round(self.fraction * len(self.train_nodes)))
         rng = np.random.default_rng([self.seed, server_round, 0x7A1])
-        picked = rng.choice(len(self.train_nodes), size=k, replace=False)
-        return [self.train_nodes[i] for i in sorted(picked)]
+        picked = sorted(rng.choice(len(self.train_nodes), size=k, replace=False))
+        stay = [i for i in picked if rng.uniform() >= self.dropout] if self.dropout else picked
+        stay = stay or picked[:1]
+        self.dropped = len(picked) - len(stay)
+        return [self.train_nodes[i] for i in stay]
 
     def _sorted(self, replies: Iterable[Message]) -> list[Message]:
         return sorted(replies, key=lambda m: self.partition_of[m.metadata.src_node_id])

@@ -12,4 +12,4 @@ DATASETS: Registry[type] = Registry("dataset")
 __all__ = ["DATASETS", "DataSource", "DatasetOptions", "cache_dir", "resolve_root"]
 
 # Imported last so that they can register themselves in DATASETS.
-from fedmeta.data import omniglot, sinusoid, synthetic  # noqa: E402, F401
+from fedmeta.data import heart, omniglot, retina, sinusoid, synthetic  # noqa: E402, F401
