@@ -229,8 +229,20 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def carried_options(table: str, old: dict, new_name: str) -> dict:
+    """The keys of ``old`` (a named table) that entry ``new_name`` of its registry also accepts:
+    switching ``learner.name`` keeps ``local-steps``; switching ``partition.name`` to
+    ``dirichlet`` drops ``classes-per-client``."""
+    registry = NAMED_TABLES.get(table)
+    if registry is None or new_name not in registry.names():
+        return dict(old)
+    accepted = {kebab(f) for f in registry.get(new_name).Options.model_fields}
+    return {k: v for k, v in old.items() if k in accepted or k == "name"}
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key=value`` overrides with dotted keys (``learner.inner-lr=0.1``)."""
+    """Apply ``key=value`` overrides with dotted keys (``learner.inner-lr=0.1``). Setting a
+    named table's ``name`` keeps only the options the new entry accepts."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -243,6 +255,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise FedmetaError(f"--set {key!r}: {t!r} is not a table")
         node[leaf] = parse_value(value.strip())
+        if leaf == "name" and len(tables) == 1 and isinstance(node[leaf], str):
+            kept = carried_options(tables[0], node, node[leaf])
+            node.clear()
+            node.update(kept)
     return raw
 
 

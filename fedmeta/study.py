@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmeta.config import NAMED_TABLES, Scenario, parse_value, scenario_from_dict
+from fedmeta.config import Scenario, carried_options, parse_value, scenario_from_dict
 from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS
-from fedmeta.options import kebab
 from fedmeta.results import RunDir, atomic_write_text
 
 
@@ -63,16 +62,6 @@ PRESETS: dict[str, Callable[[dict], dict]] = {
 """Built-in strategies that are not plain learner names."""
 
 
-def _carried(table: str, old: dict, new_name: str) -> dict:
-    """The options of ``old`` that the entry ``new_name`` of ``table``'s registry also accepts
-    (a learner swap keeps ``local-steps``; a partitioner swap drops ``by``)."""
-    registry = NAMED_TABLES.get(table)
-    if registry is None or new_name not in registry.names():
-        return {}
-    accepted = {kebab(f) for f in registry.get(new_name).Options.model_fields}
-    return {k: v for k, v in old.items() if k in accepted}
-
-
 def deep_merge(base: dict, over: dict) -> dict:
     """``base`` with ``over`` merged in, tables recursively (neither is modified). When a named
     table changes its ``name``, only the old options the new entry accepts are kept."""
@@ -81,7 +70,7 @@ def deep_merge(base: dict, over: dict) -> dict:
         old = out.get(key)
         if isinstance(value, dict) and isinstance(old, dict):
             if "name" in value and value["name"] != old.get("name", value["name"]):
-                old = _carried(key, old, value["name"])
+                old = carried_options(key, old, value["name"])
             out[key] = deep_merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
@@ -193,10 +182,11 @@ def plan_study(
     grid: list[tuple[tuple[str, Any], ...]] = [()]
     for key, values in params.items():
         grid = [g + ((key, v),) for g in grid for v in values]
-    for strategy in strategies:
-        over = strategy_overrides(strategy, plain, opts.define)
+    overrides = {s: strategy_overrides(s, plain, opts.define) for s in strategies}
+    # seed-major order: a study cut short still has every strategy for its first seeds
+    for seed in study.seeds:
         for point in grid:
-            for seed in study.seeds:
+            for strategy, over in overrides.items():
                 cell_raw = deep_merge(plain, over)
                 for key, value in point:
                     cell_raw = _set(cell_raw, key, value)

@@ -22,7 +22,7 @@ def test_defaults_fill_in(tiny_raw):
         ({"learner": {"name": "maml", "inner-lrr": 0.1}}, "'learner.inner-lrr'"),
         ({"trian": {"rounds": 3}}, "'trian'"),
         ({"task": {"n-way": "five"}}, "'task.n-way'"),
-        ({"train": {"rounds": 0}}, "'train.rounds'"),
+        ({"train": {"rounds": -1}}, "'train.rounds'"),
         ({"learner": {"name": "mamll"}}, "learner.name = 'mamll'"),
         ({"strategy": {"name": "fedavgm", "momentum": 1.5}}, "'strategy.momentum'"),
         ({"data": {"name": "synthetic", "root": 3}}, "'data.root'"),
@@ -77,3 +77,14 @@ def test_resolved_scenario_round_trips(tmp_path, tiny_raw):
 def test_missing_file_is_user_error(tmp_path):
     with pytest.raises(FedmetaError, match="not found"):
         load_scenario(tmp_path / "nope.toml")
+
+
+def test_setting_a_named_table_name_keeps_only_options_the_new_entry_takes(tiny_raw):
+    from fedmeta.config import apply_overrides
+
+    tiny_raw["partition"] = {"name": "label-split", "classes-per-client": 2, "divide": True}
+    raw = apply_overrides(tiny_raw, ["partition.name=dirichlet", "partition.alpha=0.1"])
+    assert raw["partition"] == {"name": "dirichlet", "alpha": 0.1}
+    raw = apply_overrides(tiny_raw, ["learner.name=reptile"])
+    assert raw["learner"]["local-steps"] == 2 and raw["learner"]["name"] == "reptile"
+    assert scenario_from_dict(raw).learner.name == "reptile"
