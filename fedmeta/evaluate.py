@@ -40,17 +40,15 @@ def accuracy_by_steps(
     learner: Learner, params: Params, tasks: list[Task], kind: TaskKind, steps: list[int]
 ) -> dict[int, list[float]]:
     """Per-task query accuracy (or loss, for regression) after each number of adaptation
-    ``steps``, from one adaptation trajectory per task (``adapt`` one step at a time)."""
+    ``steps``: one ``adapt(start, steps=s)`` call per count, so learners whose adaptation
+    depends on its starting point (the proximal terms of Ditto and pFedMe) stay exact. Zero
+    steps is the starting point itself, as in ``query-acc-pre``."""
     score = kind.accuracy or kind.loss
     out: dict[int, list[float]] = {s: [] for s in steps}
     for task in tasks:
-        current = learner.eval_start(params, task)
-        for s in range(max(steps) + 1):
-            if s in out:
-                with torch.no_grad():
-                    out[s].append(
-                        float(score(learner.forward(current, task.query_x), task.query_y))
-                    )
-            if s < max(steps):
-                current = learner.adapt(current, task.support_x, task.support_y, steps=1)
+        start = learner.eval_start(params, task)
+        for s in steps:
+            adapted = learner.adapt(start, task.support_x, task.support_y, steps=s) if s else start
+            with torch.no_grad():
+                out[s].append(float(score(learner.forward(adapted, task.query_x), task.query_y)))
     return out

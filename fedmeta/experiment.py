@@ -94,8 +94,10 @@ class Experiment:
             role = "held-out" if self.is_heldout(partition_id) else "training"
             skew = None
             if self.scenario.skew.active:
-                rng = rng_for(self.scenario.seed, SKEW, partition_id)
-                skew = ClientSkew.draw(self.scenario.skew, rng, self.is_heldout(partition_id))
+                held = self.is_heldout(partition_id)
+                index = partition_id - self.scenario.clients.train if held else partition_id
+                rng = rng_for(self.scenario.seed, SKEW, int(held), index)
+                skew = ClientSkew.draw(self.scenario.skew, rng, held)
             self._samplers[partition_id, query] = EpisodeSampler(
                 self.source,
                 self.layout.shard(partition_id),

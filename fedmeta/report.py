@@ -76,9 +76,8 @@ def write_report(path: Path) -> Path:
             f"- seeds: {', '.join(map(str, manifest['seeds']))}",
         ]
         lines += [f"- {k}: {', '.join(map(str, v))}" for k, v in manifest["params"].items()]
-        finished = sum(c.summary is not None for c in cells)
         lines += [
-            f"- finished cells: {finished} of {len(manifest['cells'])}",
+            f"- finished runs: {len(cells)} of {len(manifest['cells'])}",
             "- data: `results.csv` (tidy), `clients.csv`, `adapt_steps.csv`; runs in `runs/`",
             "",
             comparison_table(manifest, cells),

@@ -17,6 +17,7 @@ an interrupted study resumes cell by cell (finished cells are skipped, a cut one
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 
 from fedmeta.config import Scenario, carried_options, parse_value, scenario_from_dict
 from fedmeta.errors import FedmetaError
+from fedmeta.experiment import scenario_json
 from fedmeta.learners import LEARNERS
 from fedmeta.results import RunDir, atomic_write_text
 
@@ -61,6 +63,15 @@ PRESETS: dict[str, Callable[[dict], dict]] = {
 }
 """Built-in strategies that are not plain learner names."""
 
+PRESET_HELP = {
+    "fedmaml": "learner maml (second-order MAML on every client)",
+    "fedreptile": "learner reptile",
+    "fedavg-ft": "learner fedavg: global classifier, new clients fine-tune a fresh head",
+    "fedprox": "learner fedavg with the FedProx strategy (proximal-mu)",
+    "local-only": "no training (rounds = 0): each new client trains from scratch",
+    "centralized": "all training data pooled, one client per round takes every meta-step",
+}
+
 
 def deep_merge(base: dict, over: dict) -> dict:
     """``base`` with ``over`` merged in, tables recursively (neither is modified). When a named
@@ -77,14 +88,29 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def strategy_overrides(name: str, raw: dict, defined: dict[str, dict]) -> dict:
-    """The scenario overrides that make strategy ``name`` (see the module docstring)."""
+def strategy_raw(
+    name: str, plain: dict, point: tuple[tuple[str, Any], ...], defined: dict[str, dict]
+) -> dict:
+    """The raw scenario of strategy ``name`` at sweep ``point`` (see the module docstring).
+
+    A defined strategy or a learner name is merged first and the swept values last (the sweep
+    wins). A preset is computed from the scenario *with* the swept values and applied last, so
+    its rules hold at every point (``centralized``'s equal compute, ``local-only``'s zero
+    rounds).
+    """
+
+    def at_point(raw: dict) -> dict:
+        for key, value in point:
+            raw = _set(raw, key, value)
+        return raw
+
     if name in defined:
-        return defined[name]
+        return at_point(deep_merge(plain, defined[name]))
     if name in PRESETS:
-        return PRESETS[name](raw)
+        raw = at_point(plain)
+        return deep_merge(raw, PRESETS[name](raw))
     if name in LEARNERS.names():
-        return {"learner": {"name": name}}
+        return at_point(deep_merge(plain, {"learner": {"name": name}}))
     known = sorted({*defined, *PRESETS, *LEARNERS.names()})
     raise FedmetaError(
         f"unknown strategy {name!r}; define it in [compare.define.{name}] or use one of: "
@@ -150,7 +176,10 @@ class Study:
             "params": self.params,
             "target": self.target,
             "adapt-steps": self.adapt_steps,
-            "cells": [c.to_json() | {"dir": c.dirname} for c, _ in self.cells],
+            "cells": [
+                c.to_json() | {"dir": c.dirname, "scenario-sha256": scenario_hash(sc)}
+                for c, sc in self.cells
+            ],
         }
 
 
@@ -182,14 +211,13 @@ def plan_study(
     grid: list[tuple[tuple[str, Any], ...]] = [()]
     for key, values in params.items():
         grid = [g + ((key, v),) for g in grid for v in values]
-    overrides = {s: strategy_overrides(s, plain, opts.define) for s in strategies}
+    for strategy in strategies:  # unknown names fail before anything else
+        strategy_raw(strategy, plain, (), opts.define)
     # seed-major order: a study cut short still has every strategy for its first seeds
     for seed in study.seeds:
         for point in grid:
-            for strategy, over in overrides.items():
-                cell_raw = deep_merge(plain, over)
-                for key, value in point:
-                    cell_raw = _set(cell_raw, key, value)
+            for strategy in strategies:
+                cell_raw = strategy_raw(strategy, plain, point, opts.define)
                 cell = Cell(strategy, seed, point)
                 cell_raw |= {"seed": seed, "name": f"{base.name}/{cell.dirname}"}
                 try:
@@ -200,15 +228,24 @@ def plan_study(
     return study
 
 
+def scenario_hash(scenario: Scenario) -> str:
+    return hashlib.sha256(scenario_json(scenario).encode()).hexdigest()[:16]
+
+
 def write_manifest(out: Path, study: Study) -> None:
+    """Write ``study.json``. An existing study may gain or lose cells (to add a strategy or a
+    seed), but a cell it shares must have been run with exactly the same scenario."""
     path = out / "study.json"
+    manifest = study.manifest()
     if path.exists():
-        old = json.loads(path.read_text())
-        if old["cells"] != study.manifest()["cells"]:
-            raise FedmetaError(
-                f"--out {str(out)!r} holds a different study; use another --out directory"
-            )
-    atomic_write_text(path, json.dumps(study.manifest(), indent=2) + "\n")
+        old = {c["dir"]: c.get("scenario-sha256") for c in json.loads(path.read_text())["cells"]}
+        for cell in manifest["cells"]:
+            if cell["dir"] in old and old[cell["dir"]] != cell["scenario-sha256"]:
+                raise FedmetaError(
+                    f"--out {str(out)!r} already ran {cell['dir']} with other settings; "
+                    f"use another --out directory"
+                )
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(out: Path) -> dict:
@@ -263,5 +300,6 @@ def run_study(study: Study, out: Path, progress_for: Callable[[int, Cell], Any])
         if not (run.path / "summary.json").exists():
             run.write_scenario(scenario.to_toml())
             simulate(scenario, run, progress_for(i, cell))
-        if not (run.path / "adapt-steps.json").exists():
+        adapt = run.path / "adapt-steps.json"
+        if not adapt.exists() or json.loads(adapt.read_text())["steps"] != study.adapt_steps:
             write_adapt_steps(run, scenario, study.adapt_steps)

@@ -35,21 +35,26 @@ def _groups(cells: list[CellResult]) -> dict[str, list[CellResult]]:
     return out
 
 
-def _series(
-    group: list[CellResult], points: Callable[[CellResult], dict[float, tuple[float, float]]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x, mean and CI half-width over the x values every seed has."""
+Points = Callable[[CellResult], dict[Any, tuple[float, float, float]]]
+"""``points(cell) -> {key: (x, value, ci95)}``: one cell's curve, keyed by what aligns the
+seeds (the round, the number of adaptation steps, the parameter value)."""
+
+
+def _series(group: list[CellResult], points: Points) -> tuple[np.ndarray, ...]:
+    """x, mean and CI half-width over the keys every seed has; x is averaged over seeds (for
+    MB communicated, which differs between seeds when clients drop out)."""
     per_seed = [points(c) for c in group]
-    xs = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
-    mean, ci = [], []
-    for x in xs:
+    keys = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+    xs, mean, ci = [], [], []
+    for key in keys:
+        xs.append(float(np.mean([p[key][0] for p in per_seed])))
         if len(per_seed) == 1:
-            m, h = per_seed[0][x]
+            _, m, h = per_seed[0][key]
         else:
-            m, h = mean_ci_seeds([p[x][0] for p in per_seed])
+            m, h = mean_ci_seeds([p[key][1] for p in per_seed])
         mean.append(m)
         ci.append(0.0 if math.isnan(h) else h)
-    return np.array(xs, dtype=float), np.array(mean), np.array(ci)
+    return np.array(xs), np.array(mean), np.array(ci)
 
 
 def _draw(ax, label: str, x, mean, ci, xspan: tuple[float, float] | None = None) -> None:
@@ -74,10 +79,10 @@ def _finish(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> Path:
     return out
 
 
-def _heldout_points(metric: str, x_of: Callable[[CellResult, int], float]):
-    def points(c: CellResult) -> dict[float, tuple[float, float]]:
+def _heldout_points(metric: str, x_of: Callable[[CellResult, int], float]) -> Points:
+    def points(c: CellResult) -> dict[Any, tuple[float, float, float]]:
         ci = dict(c.curve(f"{metric}-ci95"))
-        return {x_of(c, rnd): (v, ci.get(rnd, math.nan)) for rnd, v in c.curve(metric)}
+        return {rnd: (x_of(c, rnd), v, ci.get(rnd, math.nan)) for rnd, v in c.curve(metric)}
 
     return points
 
@@ -102,7 +107,7 @@ def plot_vs_mb(cells: list[CellResult], out: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
 
     def mb(c: CellResult, rnd: int) -> float:
-        return round(c.system("bytes-communicated").get(rnd, 0.0) / 2**20, 1)
+        return c.system("bytes-communicated").get(rnd, 0.0) / 2**20
 
     span = max((mb(c, r) for c in cells for r, _ in c.curve(metric)), default=1.0)
     for label, group in _groups(cells).items():
@@ -119,9 +124,9 @@ def plot_vs_adapt_steps(cells: list[CellResult], out: Path, title: str) -> Path:
     for label, group in _groups([c for c in cells if c.adapt]).items():
         ylabel = f"held-out {group[0].adapt['metric']}"
 
-        def points(c: CellResult) -> dict[float, tuple[float, float]]:
+        def points(c: CellResult) -> dict[Any, tuple[float, float, float]]:
             a = c.adapt
-            return {s: (m, h) for s, m, h in zip(a["steps"], a["mean"], a["ci95"], strict=True)}
+            return {s: (s, m, h) for s, m, h in zip(a["steps"], a["mean"], a["ci95"], strict=True)}
 
         _draw(ax, label, *_series(group, points))
     return _finish(fig, ax, out, "adaptation steps at evaluation", ylabel, title)
@@ -166,12 +171,12 @@ def plot_sweep(
     order = {v: i for i, v in enumerate(params[x_key])}
     for label, group in lines.items():
 
-        def points(c: CellResult) -> dict[float, tuple[float, float]]:
+        def points(c: CellResult) -> dict[Any, tuple[float, float, float]]:
             x = c.params[x_key] if numeric else order[c.params[x_key]]
             ci = c.summary["heldout"].get(f"{metric}-ci95", math.nan)
-            return {x: (c.final(metric), ci)}
+            return {x: (x, c.final(metric), ci)}
 
-        by_x: dict[float, list[CellResult]] = {}
+        by_x: dict[Any, list[CellResult]] = {}
         for c in group:
             by_x.setdefault(next(iter(points(c))), []).append(c)
         xs, ms, cis = [], [], []

@@ -62,19 +62,16 @@ class CellResult:
 
 
 def load_cells(out: Path) -> tuple[dict[str, Any], list[CellResult]]:
-    """The study manifest and every cell that has written anything."""
+    """The study manifest and every *finished* cell (tables, CSVs and plots use finished runs
+    only, so a study still running never mixes partial curves into its means)."""
     manifest = read_manifest(out)
     cells = []
     for c in manifest["cells"]:
         run = RunDir(out / "runs" / c["dir"])
-        records = run.read_metrics()
-        if not records:
+        if not (run.path / "summary.json").exists():
             continue
-        summary = (
-            json.loads((run.path / "summary.json").read_text())
-            if (run.path / "summary.json").exists()
-            else None
-        )
+        records = run.read_metrics()
+        summary = json.loads((run.path / "summary.json").read_text())
         adapt_path = run.path / "adapt-steps.json"
         adapt = json.loads(adapt_path.read_text()) if adapt_path.exists() else None
         cells.append(CellResult(c["strategy"], c["seed"], c["params"], records, summary, adapt))

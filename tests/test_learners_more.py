@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -329,3 +330,17 @@ def test_global_head_learners_build_one_output_per_training_class(tiny_raw):
         exp = build_experiment(scenario_from_dict(dict(tiny_raw, learner={"name": name})))
         n_train = len(exp.source.pool("train"))
         assert exp.initial_params()["head.bias"].shape == ((n_train,) if global_head else (3,))
+
+
+@pytest.mark.parametrize("name", ["ditto", "pfedme", "maml", "meta-sgd", "protonet"])
+def test_accuracy_by_steps_matches_a_direct_adaptation(name):
+    """The accuracy-vs-steps curve uses the same adaptation as evaluation, for every count."""
+    from fedmeta.evaluate import accuracy_by_steps, evaluate_tasks
+    from fedmeta.tasks import CLASSIFICATION
+
+    model, tasks = tiny_setup()
+    learner = make(name, model, train_classes=np.arange(3), inner_lr=0.3)
+    params = learner.init_params({k: v.detach() for k, v in model.named_parameters()})
+    by_steps = accuracy_by_steps(learner, params, tasks, CLASSIFICATION, [0, 4])
+    direct = evaluate_tasks(learner, params, tasks, CLASSIFICATION, steps=4)
+    assert by_steps[4] == direct["query-acc-post"] and by_steps[0] == direct["query-acc-pre"]

@@ -212,3 +212,66 @@ def test_every_comparison_strategy_runs_in_a_flower_simulation(tmp_path, tiny_ra
     ]
     assert personal and all(math.isfinite(float(r["value"])) for r in personal)
     assert _has_data_pixels(out / "acc_vs_round.png")
+
+
+def test_every_preset_is_listed(capsys):
+    from fedmeta.study import PRESET_HELP, PRESETS
+
+    assert set(PRESET_HELP) == set(PRESETS)
+    assert run_cli(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in PRESETS)
+
+
+def test_presets_follow_the_swept_values(tiny_raw):
+    params = {"train.fraction": [0.5, 1.0], "train.rounds": [3]}
+    study = plan_study(tiny_raw, "sweep", ["centralized", "local-only", "fomaml"], 1, params)
+    cells = {(c.strategy, dict(c.params)["train.fraction"]): sc for c, sc in study.cells}
+    # centralized: one client per round taking the meta-steps of all sampled clients
+    assert cells["centralized", 0.5].learner.options.local_steps == 2 * 2
+    assert cells["centralized", 1.0].learner.options.local_steps == 2 * 4
+    assert cells["local-only", 1.0].train.rounds == 0  # the preset wins over the sweep
+    assert cells["fomaml", 1.0].train.rounds == 3 and cells["fomaml", 0.5].train.fraction == 0.5
+
+
+def test_a_study_dir_refuses_a_changed_cell_but_accepts_new_ones(tmp_path, tiny_raw):
+    from fedmeta.errors import FedmetaError
+    from fedmeta.study import write_manifest
+
+    write_manifest(tmp_path, plan_study(tiny_raw, "compare", ["fomaml"], 1))
+    write_manifest(tmp_path, plan_study(tiny_raw, "compare", ["fomaml", "reptile"], 1))
+    tiny_raw["learner"]["inner-lr"] = 0.01
+    with pytest.raises(FedmetaError, match="fomaml_seed3 with other settings"):
+        write_manifest(tmp_path, plan_study(tiny_raw, "compare", ["fomaml"], 1))
+
+
+def test_curves_align_seeds_by_round_not_by_x():
+    from fedmeta.study_plots import _series
+    from fedmeta.study_results import CellResult
+
+    def cell(seed, mbs, accs):
+        recs = []
+        for rnd, (mb, acc) in enumerate(zip(mbs, accs, strict=True)):
+            recs.append(
+                {
+                    "round": rnd,
+                    "phase": "system",
+                    "metric": "bytes-communicated",
+                    "value": mb * 2**20,
+                }
+            )
+            recs.append(
+                {"round": rnd, "phase": "heldout", "metric": "query-acc-post", "value": acc}
+            )
+        return CellResult("s", seed, {}, recs, {"heldout": {}}, None)
+
+    cells = [cell(0, [0, 10.5, 20.4], [0.2, 0.5, 0.7]), cell(1, [0, 9.7, 19.1], [0.2, 0.7, 0.9])]
+
+    def points(c):
+        mb = c.system("bytes-communicated")
+        return {r: (mb[r] / 2**20, v, float("nan")) for r, v in c.curve()}
+
+    x, mean, ci = _series(cells, points)
+    np.testing.assert_allclose(x, [0, 10.1, 19.75])
+    np.testing.assert_allclose(mean, [0.2, 0.6, 0.8])
+    assert ci[0] == 0 and ci[1] > 0

@@ -11,7 +11,9 @@ root. Preprocessing follows FLamby's: columns ``slope``, ``ca`` and ``thal`` dro
 hospital z-normalised with its own mean and standard deviation. One deviation: FLamby drops rows
 with a missing value, which leaves Switzerland a single healthy patient; here missing values are
 imputed by the hospital's mean (0 after normalisation), keeping all 920 patients
-(Switzerland: 8 healthy, 115 with disease).
+(Switzerland: 8 healthy, 115 with disease); a resting blood pressure or cholesterol of 0 (all of
+Switzerland's cholesterol, 49 VA rows) is treated as missing too. Each hospital's statistics
+use all its patients, the held-out hospital's query patients included (a mild optimism).
 
 Classes are (hospital, label) pairs, id ``2 * hospital + label``, and each hospital is a group.
 The ``heldout`` hospital's two classes form the held-out pool: leave-one-hospital-out, with
@@ -43,6 +45,8 @@ def load_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Features ``(n, 13)`` (float32, z-normalised, missing -> 0) and labels ``(n,)``."""
     raw = np.genfromtxt(path, delimiter=",", missing_values="?", filling_values=np.nan)
     raw = raw.reshape(-1, 14)
+    for col in (3, 4):  # resting blood pressure 0 and cholesterol 0 mean "not measured"
+        raw[raw[:, col] == 0, col] = np.nan
     cp, restecg = raw[:, 2], raw[:, 6]
     dummies = [np.where(np.isnan(cp), np.nan, cp == v) for v in (2, 3, 4)]
     dummies += [np.where(np.isnan(restecg), np.nan, restecg == v) for v in (1, 2)]

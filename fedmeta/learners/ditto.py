@@ -8,9 +8,11 @@ SGD steps (step ``inner_lr``) on ``f(v) + lam / 2 * ||v - w||^2``, where ``w`` i
 model it received. The personal model persists across rounds in the client's Flower
 ``context.state`` (a resumed run restarts personal models from the global model).
 
-A new (held-out) client has no personal model yet: it starts from the global model with a
-fresh ``n_way`` head and solves the same regularised problem on its support set, with
-``eval_inner_steps`` steps.
+fedmeta evaluates held-out clients only, so the training clients' personal models show up only
+in the ``personal-train-loss`` training metric, and Ditto's held-out score measures its global
+model plus Ditto's proximal personalisation. A new (held-out) client has no personal model yet:
+it starts from the global model with a fresh ``n_way`` head and solves the same regularised
+problem on its support set, with ``eval_inner_steps`` steps.
 """
 
 from __future__ import annotations

@@ -53,8 +53,12 @@ class MetaSGD(Learner):
         """Gradient of the query loss after adaptation, for weights and rates alike."""
         fast = self.inner(params, task.support_x, task.support_y, self.cfg.inner_steps, True)
         loss = self.loss(fast, task.query_x, task.query_y)
-        grads = torch.autograd.grad(loss, tuple(params.values()))
-        return dict(zip(params, grads, strict=True)), loss.item()
+        grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
+        out = {  # with inner_steps = 0 the rates get no gradient
+            k: torch.zeros_like(p) if g is None else g
+            for (k, p), g in zip(params.items(), grads, strict=True)
+        }
+        return out, loss.item()
 
     def adapt(
         self,
