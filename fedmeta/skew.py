@@ -23,11 +23,12 @@ skew.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
+import torch.nn.functional as F
 from pydantic import Field
 
 from fedmeta.options import Options
@@ -47,6 +48,27 @@ class SkewOptions(Options):
     @property
     def active(self) -> bool:
         return any(v > 0 for v in self.model_dump().values())
+
+
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate images ``(N, C, H, W)`` about their centre (bilinear, zero fill)."""
+    a = math.radians(degrees)
+    theta = x.new_tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images ``(N, C, H, W)`` (kernel radius 3 sigma, reflected
+    borders)."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 @dataclass(frozen=True)
@@ -75,10 +97,9 @@ class ClientSkew:
         if (self.angle or self.blur_sigma) and not image:
             raise ValueError("skew.rotation and skew.blur need image data; set them to 0")
         if self.angle:
-            x = TF.rotate(x, self.angle, interpolation=TF.InterpolationMode.BILINEAR)
+            x = rotate(x, self.angle)
         if self.blur_sigma > 0.05:
-            k = 2 * int(np.ceil(3 * self.blur_sigma)) + 1
-            x = TF.gaussian_blur(x, [k, k], [self.blur_sigma, self.blur_sigma])
+            x = gaussian_blur(x, self.blur_sigma)
         if self.contrast != 1.0:
             dims = tuple(range(1, x.dim()))
             mean = x.mean(dim=dims, keepdim=True)

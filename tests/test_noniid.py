@@ -180,3 +180,20 @@ def test_partition_command_prints_and_plots(tmp_path, tiny_raw, capsys):
     printed = capsys.readouterr().out
     assert printed.count("training") >= 4 and printed.count("held-out") >= 2
     assert out.exists() and out.stat().st_size > 5000
+
+
+def test_rotation_and_blur_are_geometric():
+    from fedmeta.skew import gaussian_blur, rotate
+
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 6] = 1.0  # two pixels right of the centre
+    r = rotate(x, 90.0)
+    assert r.flatten().argmax().item() in (2 * 9 + 4, 6 * 9 + 4)  # now above or below it
+    torch.testing.assert_close(rotate(x, 0.0), x)
+    y = torch.zeros(1, 1, 15, 15)
+    y[0, 0, 7, 7] = 1.0
+    b = gaussian_blur(y, 1.0)
+    assert b.sum().item() == pytest.approx(1.0, abs=1e-5) and b.max() < 0.5
+    assert (
+        b[0, 0, 7, 8] == pytest.approx(b[0, 0, 6, 7].item()) and b[0, 0, 7, 8] > b[0, 0, 7, 9] > 0
+    )
