@@ -270,7 +270,9 @@ def test_reptile_local_update_matches_closed_form(optimizer):
         phis = []
         for t in batch:
             x, y = torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y])
-            phis.append(lin_sgd(w.detach(), b.detach(), x, y, 2, lr))
+            # one SGD step on each half of the pooled examples (distinct minibatches)
+            pw, pb = lin_sgd(w.detach(), b.detach(), x[:5], y[:5], 1, lr)
+            phis.append(lin_sgd(pw, pb, x[5:], y[5:], 1, lr))
         mw = sum(p[0] for p in phis) / 2
         mb = sum(p[1] for p in phis) / 2
         if optimizer == "sgd":
@@ -282,6 +284,22 @@ def test_reptile_local_update_matches_closed_form(optimizer):
             adam.step()
     torch.testing.assert_close(got["weight"], w.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got["bias"], b.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_reptile_minibatches_hold_one_example_per_class_and_cycle():
+    from fedmeta.learners.reptile import minibatches
+
+    t = class_task(torch.Generator().manual_seed(8), (2,), 3, 1, 2)  # 3 examples per class
+    batches = minibatches(t, 5)
+    assert len(batches) == 5
+    x = torch.cat([t.support_x, t.query_x])
+    seen = []
+    for bx, by in batches:
+        assert sorted(by.tolist()) == [0, 1, 2]
+        seen.append({tuple(r.tolist()) for r in bx})
+    assert seen[0] != seen[1] != seen[2] and seen[3] == seen[0]  # distinct, then cycle
+    every = set().union(*seen[:3])
+    assert every == {tuple(r.tolist()) for r in x}  # every pooled example used
 
 
 # -- Per-FedAvg ---------------------------------------------------------------------------------

@@ -2,12 +2,17 @@
 
 Nichol, Achiam and Schulman (2018), "On First-Order Meta-Learning Algorithms", arXiv:1803.02999,
 Algorithm 2 (batched version). For each of a meta-batch of tasks, run ``inner_steps`` SGD steps
-on the whole task from ``w`` to reach ``phi_i``; then move the meta-parameters towards the
-adapted weights, ``w <- w + outer_lr * mean_i (phi_i - w)``.
+on the task from ``w`` to reach ``phi_i``; then move the meta-parameters towards the adapted
+weights, ``w <- w + outer_lr * mean_i (phi_i - w)``.
 
-Reptile has no separate support/query roles during training: it trains on the task's support
-and query examples pooled into one batch. The inner optimizer here is plain SGD (``inner_lr``),
-the same as the evaluation-time adaptation.
+Each inner step uses a *different* minibatch of the task (their section 5: the meta-learning
+term of Reptile's update comes from the inner product of gradients on different minibatches;
+with one batch repeated, Reptile is close to joint training, which on episodes with shuffled
+labels learns nothing). Reptile has no support/query roles in training: the task's support and
+query examples are pooled, and minibatch ``i`` holds the ``i``-th example of every class (an
+``n_way``-example batch, the size of a 1-shot support set at evaluation), cycling when there
+are more steps than examples per class. Regression tasks are cut into ``inner_steps`` chunks.
+The inner optimizer is plain SGD (``inner_lr``), as at evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +23,21 @@ from torch import Tensor
 from fedmeta.learners import LEARNERS
 from fedmeta.learners.base import Learner, Params
 from fedmeta.tasks import Task
+
+
+def minibatches(task: Task, steps: int) -> list[tuple[Tensor, Tensor]]:
+    """``steps`` minibatches of the task's pooled examples (see the module docstring)."""
+    x, y = pooled(task)
+    if y.is_floating_point():  # regression: consecutive chunks
+        chunks = torch.arange(len(x)).tensor_split(min(steps, len(x)))
+        return [(x[c], y[c]) for c in (chunks[i % len(chunks)] for i in range(steps))]
+    by_class = [torch.nonzero(y == c).flatten() for c in torch.unique(y)]
+    shots = min(len(idx) for idx in by_class)
+    out = []
+    for i in range(steps):
+        pick = torch.stack([idx[i % shots] for idx in by_class])
+        out.append((x[pick], y[pick]))
+    return out
 
 
 def pooled(task: Task) -> tuple[Tensor, Tensor]:
@@ -43,8 +63,8 @@ def pooled(task: Task) -> tuple[Tensor, Tensor]:
 class Reptile(Learner):
     """Batched Reptile.
 
-    One local meta-step samples ``tasks_per_step`` tasks, adapts a copy of ``w`` to each (pooled
-    support + query, ``inner_steps`` SGD steps of size ``inner_lr``) and sets the meta-gradient
+    One local meta-step samples ``tasks_per_step`` tasks, adapts a copy of ``w`` to each
+    (``inner_steps`` SGD steps of size ``inner_lr``, one per minibatch) and sets the meta-gradient
     to ``w - mean_i phi_i`` (the negated Reptile direction). The configured outer optimizer then
     takes one step on it:
 
@@ -63,11 +83,13 @@ class Reptile(Learner):
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         """The negated Reptile direction ``w - phi`` of one task, and the pooled loss at ``phi``.
 
-        ``phi`` is ``params`` after ``inner_steps`` SGD steps on the task's pooled support and
-        query examples; the mean over a meta-batch is ``w - mean_i phi_i``.
+        ``phi`` is ``params`` after one SGD step on each of :func:`minibatches`; the mean over
+        a meta-batch is ``w - mean_i phi_i``.
         """
+        fast = params
+        for bx, by in minibatches(task, self.cfg.inner_steps):
+            fast = self.inner_loop(fast, bx, by, 1, self.cfg.inner_lr, False)
         x, y = pooled(task)
-        fast = self.inner_loop(params, x, y, self.cfg.inner_steps, self.cfg.inner_lr, False)
         with torch.no_grad():
             loss = self.loss(fast, x, y).item()
         return {k: (params[k] - fast[k]).detach() for k in params}, loss
