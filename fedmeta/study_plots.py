@@ -67,6 +67,9 @@ def _draw(ax, label: str, x, mean, ci, xspan: tuple[float, float] | None = None)
 
 
 def _finish(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    if "acc" in ylabel:  # accuracies (and their CI bands) live in [0, 1]
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

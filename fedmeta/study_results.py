@@ -183,7 +183,7 @@ def comparison_table(manifest: dict[str, Any], cells: list[CellResult]) -> str:
             pre_s,
             to_target,
             f"{wall:.1f}",
-            f"{mb:.0f}",
+            f"{mb:.1f}",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
