@@ -71,13 +71,15 @@ class CompareOptions(Options):
     ``define`` maps a strategy name to a partial scenario merged into this one, e.g.
     ``[compare.define.fedreptile]`` with ``learner = {name = "reptile", outer-lr = 1.0}``.
     ``target`` is the held-out accuracy for the "rounds to target" column; ``adapt-steps`` are
-    the adaptation step counts of the accuracy-vs-steps plot.
+    the adaptation step counts of the accuracy-vs-steps plot, measured on the first
+    ``adapt-tasks`` evaluation tasks of every held-out client.
     """
 
     strategies: tuple[str, ...] = ()
     seeds: int = Field(1, ge=1)
     target: float = Field(0.9, gt=0)
     adapt_steps: tuple[Annotated[int, Field(ge=0)], ...] = (0, 1, 2, 3, 5, 10)
+    adapt_tasks: int = Field(10, ge=1)
     define: dict[str, dict[str, Any]] = {}
 
 

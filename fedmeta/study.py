@@ -165,6 +165,7 @@ class Study:
     params: dict[str, list[Any]]
     target: float
     adapt_steps: list[int]
+    adapt_tasks: int
     cells: list[tuple[Cell, Scenario]] = field(default_factory=list)
 
     def manifest(self) -> dict:
@@ -176,6 +177,7 @@ class Study:
             "params": self.params,
             "target": self.target,
             "adapt-steps": self.adapt_steps,
+            "adapt-tasks": self.adapt_tasks,
             "cells": [
                 c.to_json() | {"dir": c.dirname, "scenario-sha256": scenario_hash(sc)}
                 for c, sc in self.cells
@@ -207,6 +209,7 @@ def plan_study(
         params,
         opts.target,
         sorted(set(opts.adapt_steps)),
+        opts.adapt_tasks,
     )
     grid: list[tuple[tuple[str, Any], ...]] = [()]
     for key, values in params.items():
@@ -259,9 +262,10 @@ def cell_run(out: Path, dirname: str) -> RunDir:
     return RunDir(out / "runs" / dirname)
 
 
-def write_adapt_steps(run: RunDir, scenario: Scenario, steps: list[int]) -> None:
-    """Evaluate the run's final meta-parameters on its held-out tasks after each number of
-    adaptation ``steps``; writes ``adapt-steps.json`` (pooled mean and 95% CI per step count)."""
+def write_adapt_steps(run: RunDir, scenario: Scenario, steps: list[int], tasks: int) -> None:
+    """Evaluate the run's final meta-parameters on the first ``tasks`` evaluation tasks of every
+    held-out client after each number of adaptation ``steps``; writes ``adapt-steps.json``
+    (pooled mean and 95% CI per step count)."""
     import torch
 
     from fedmeta.evaluate import accuracy_by_steps
@@ -273,7 +277,8 @@ def write_adapt_steps(run: RunDir, scenario: Scenario, steps: list[int]) -> None
     pooled: dict[int, list[float]] = {s: [] for s in steps}
     first = scenario.clients.train
     for pid in range(first, first + scenario.clients.heldout):
-        scores = accuracy_by_steps(exp.learner, params, exp.eval_tasks(pid), exp.source.kind, steps)
+        tasks_of = exp.eval_tasks(pid)[:tasks]
+        scores = accuracy_by_steps(exp.learner, params, tasks_of, exp.source.kind, steps)
         for s, values in scores.items():
             pooled[s].extend(values)
     stats = [mean_ci95(pooled[s]) for s in steps]
@@ -283,6 +288,7 @@ def write_adapt_steps(run: RunDir, scenario: Scenario, steps: list[int]) -> None
         "steps": steps,
         "mean": [m for m, _ in stats],
         "ci95": [c for _, c in stats],
+        "tasks": tasks,
         "num-tasks": len(pooled[steps[0]]),
     }
     atomic_write_text(run.path / "adapt-steps.json", json.dumps(result, indent=2) + "\n")
@@ -301,5 +307,6 @@ def run_study(study: Study, out: Path, progress_for: Callable[[int, Cell], Any])
             run.write_scenario(scenario.to_toml())
             simulate(scenario, run, progress_for(i, cell))
         adapt = run.path / "adapt-steps.json"
-        if not adapt.exists() or json.loads(adapt.read_text())["steps"] != study.adapt_steps:
-            write_adapt_steps(run, scenario, study.adapt_steps)
+        done = json.loads(adapt.read_text()) if adapt.exists() else {}
+        if done.get("steps") != study.adapt_steps or done.get("tasks") != study.adapt_tasks:
+            write_adapt_steps(run, scenario, study.adapt_steps, study.adapt_tasks)
