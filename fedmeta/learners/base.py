@@ -242,10 +242,17 @@ class Learner:
         lr: float | None = None,
     ) -> Params:
         """Adapt to one task's support set (no graph kept). Defaults: ``eval_inner_steps``,
-        ``inner_lr``."""
+        ``inner_lr``. With :attr:`adapt_lam` > 0 the support loss gains the proximal term
+        ``adapt_lam / 2 * ||w - params||^2`` (Ditto's and pFedMe's personalisation)."""
         steps = self.cfg.eval_inner_steps if steps is None else steps
         lr = self.cfg.inner_lr if lr is None else lr
-        start = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        anchor = {k: v.detach() for k, v in params.items()}
+        start = {k: v.clone().requires_grad_(True) for k, v in anchor.items()}
         with torch.enable_grad():
-            fast = self.inner_loop(start, x, y, steps, lr, create_graph=False)
+            fast = self.inner_loop(start, x, y, steps, lr, False, anchor, self.adapt_lam)
         return {k: v.detach() for k, v in fast.items()}
+
+    @property
+    def adapt_lam(self) -> float:
+        """Strength of a proximal pull towards the starting point during :meth:`adapt`."""
+        return 0.0

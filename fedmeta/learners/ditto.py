@@ -17,9 +17,7 @@ problem on its support set, with ``eval_inner_steps`` steps.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from fedmeta.learners import LEARNERS
 from fedmeta.learners.base import LearnerConfig, LocalContext, Params, sgd_step
@@ -61,20 +59,7 @@ class Ditto(FedAvg):
         ctx.state[PERSONAL] = {k: t.detach() for k, t in v.items()}
         return new_global, {**metrics, "personal-train-loss": loss_sum / self.cfg.local_steps}
 
-    def adapt(
-        self,
-        params: Params,
-        x: Tensor,
-        y: Tensor,
-        steps: int | None = None,
-        lr: float | None = None,
-    ) -> Params:
-        """The new client's personal model: SGD on the support loss plus Ditto's proximal
-        term towards the (fresh-headed) global model."""
-        steps = self.cfg.eval_inner_steps if steps is None else steps
-        lr = self.cfg.inner_lr if lr is None else lr
-        anchor = {k: v.detach() for k, v in params.items()}
-        start = {k: v.clone().requires_grad_(True) for k, v in anchor.items()}
-        with torch.enable_grad():
-            fast = self.inner_loop(start, x, y, steps, lr, False, anchor, self.cfg.lam)
-        return {k: v.detach() for k, v in fast.items()}
+    @property
+    def adapt_lam(self) -> float:
+        """A new client personalises with the same proximal term (strength ``lam``)."""
+        return self.cfg.lam

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor
 
 from fedmeta.learners import LEARNERS
 from fedmeta.learners.base import Learner, LearnerConfig, Params
@@ -47,19 +46,7 @@ class PFedMe(Learner):
             loss = self.loss(theta, x, y).item()
         return {k: (self.cfg.lam * (anchor[k] - theta[k])).detach() for k in params}, loss
 
-    def adapt(
-        self,
-        params: Params,
-        x: Tensor,
-        y: Tensor,
-        steps: int | None = None,
-        lr: float | None = None,
-    ) -> Params:
-        """The proximal personalised model on the support set."""
-        steps = self.cfg.eval_inner_steps if steps is None else steps
-        lr = self.cfg.inner_lr if lr is None else lr
-        anchor = {k: v.detach() for k, v in params.items()}
-        start = {k: v.clone().requires_grad_(True) for k, v in anchor.items()}
-        with torch.enable_grad():
-            fast = self.inner_loop(start, x, y, steps, lr, False, anchor, self.cfg.lam)
-        return {k: v.detach() for k, v in fast.items()}
+    @property
+    def adapt_lam(self) -> float:
+        """A new client personalises with the same proximal term (strength ``lam``)."""
+        return self.cfg.lam
