@@ -233,19 +233,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         "learners": LEARNERS,
         "strategies": STRATEGIES,
     }
-    from fedmeta.study import PRESET_HELP
+    from fedmeta.study import PRESETS
 
+    table["compare presets (besides every learner name)"] = PRESETS
     if args.json:
-        names = {k: r.names() for k, r in table.items()} | {"compare-presets": list(PRESET_HELP)}
-        print(json.dumps(names, indent=2))
+        print(json.dumps({k.split()[0]: r.names() for k, r in table.items()}, indent=2))
         return 0
     for title, reg in table.items():
         print(f"{title}:")
         for name in reg.names():
             print(f"  {name:<14} {reg.describe(name)}")
-    print("compare presets (besides every learner name):")
-    for name, text in PRESET_HELP.items():
-        print(f"  {name:<14} {text}")
     return 0
 
 

@@ -28,49 +28,51 @@ from fedmeta.config import Scenario, carried_options, parse_value, scenario_from
 from fedmeta.errors import FedmetaError
 from fedmeta.experiment import scenario_json
 from fedmeta.learners import LEARNERS
+from fedmeta.registry import Registry
 from fedmeta.results import RunDir, atomic_write_text
 
-
-def _centralized(raw: dict) -> dict:
-    """MAML on the pooled data of all training clients with no federation: every training
-    client holds the whole train pool, one client trains per round and takes as many
-    meta-steps as all sampled clients together would (same compute, sequential)."""
-    n_train = raw.get("clients", {}).get("train", 50)
-    fraction = raw.get("train", {}).get("fraction", 0.2)
-    per_round = max(1, round(fraction * n_train))
-    local = raw.get("learner", {}).get("local-steps", 5)
-    return {
-        "partition": {"name": "pooled"},
-        "train": {"fraction": 1.0 / n_train},
-        "learner": {"local-steps": local * per_round},
-    }
+PRESETS: Registry[Callable[[Scenario], dict]] = Registry("strategy preset")
+"""Built-in strategies that are not plain learner names: each maps the (validated) scenario it
+is applied to onto the overrides that make the strategy."""
 
 
-def _local_only(raw: dict) -> dict:
-    """No federation: rounds = 0, and a new client trains from the initialisation with at
-    least 20 SGD steps."""
-    steps = max(20, raw.get("learner", {}).get("eval-inner-steps", 3))
+def _learner(name: str) -> Callable[[Scenario], dict]:
+    return lambda sc: {"learner": {"name": name}}
+
+
+PRESETS.register("fedmaml", help="learner maml (second-order MAML on every client)")(
+    _learner("maml")
+)
+PRESETS.register("fedreptile", help="learner reptile")(_learner("reptile"))
+PRESETS.register(
+    "fedavg-ft", help="learner fedavg: global classifier, new clients fine-tune a fresh head"
+)(_learner("fedavg"))
+
+
+@PRESETS.register("fedprox", help="learner fedavg with Flower's FedProx (proximal-mu)")
+def _fedprox(sc: Scenario) -> dict:
+    return {"learner": {"name": "fedavg"}, "strategy": {"name": "fedprox"}}
+
+
+@PRESETS.register("local-only", help="no training (rounds = 0): new clients train from scratch")
+def _local_only(sc: Scenario) -> dict:
+    """No federation: rounds = 0; a new client trains from the initialisation with at least
+    20 SGD steps."""
+    steps = max(20, sc.learner.options.eval_inner_steps)
     return {"learner": {"name": "local-only", "eval-inner-steps": steps}, "train": {"rounds": 0}}
 
 
-PRESETS: dict[str, Callable[[dict], dict]] = {
-    "fedmaml": lambda raw: {"learner": {"name": "maml"}},
-    "fedreptile": lambda raw: {"learner": {"name": "reptile"}},
-    "fedavg-ft": lambda raw: {"learner": {"name": "fedavg"}},
-    "fedprox": lambda raw: {"learner": {"name": "fedavg"}, "strategy": {"name": "fedprox"}},
-    "local-only": _local_only,
-    "centralized": _centralized,
-}
-"""Built-in strategies that are not plain learner names."""
-
-PRESET_HELP = {
-    "fedmaml": "learner maml (second-order MAML on every client)",
-    "fedreptile": "learner reptile",
-    "fedavg-ft": "learner fedavg: global classifier, new clients fine-tune a fresh head",
-    "fedprox": "learner fedavg with the FedProx strategy (proximal-mu)",
-    "local-only": "no training (rounds = 0): each new client trains from scratch",
-    "centralized": "all training data pooled, one client per round takes every meta-step",
-}
+@PRESETS.register("centralized", help="all training data pooled, one client takes every step")
+def _centralized(sc: Scenario) -> dict:
+    """The scenario's learner on the pooled data of all training clients, with no federation:
+    every training client holds the whole train pool, and one client per round takes as many
+    meta-steps as all sampled clients together would (same compute, done sequentially)."""
+    per_round = max(1, round(sc.train.fraction * sc.clients.train))
+    return {
+        "partition": {"name": "pooled"},
+        "train": {"fraction": 1.0 / sc.clients.train},
+        "learner": {"local-steps": sc.learner.options.local_steps * per_round},
+    }
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -108,7 +110,7 @@ def strategy_raw(
         return at_point(deep_merge(plain, defined[name]))
     if name in PRESETS:
         raw = at_point(plain)
-        return deep_merge(raw, PRESETS[name](raw))
+        return deep_merge(raw, PRESETS.get(name)(scenario_from_dict(raw)))
     if name in LEARNERS.names():
         return at_point(deep_merge(plain, {"learner": {"name": name}}))
     known = sorted({*defined, *PRESETS, *LEARNERS.names()})
