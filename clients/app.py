@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.mods import byzantine_mod
 from fedmeta.evaluate import evaluate_tasks
 from fedmeta.experiment import Experiment, data_loads, experiment_from_json
 from fedmeta.learners.base import LocalContext
@@ -57,7 +58,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[byzantine_mod])
 def train(msg: Message, context: Context) -> Message:
     """Local meta-training from the global meta-parameters on this client's tasks."""
     exp, pid = _setup(msg), _pid(context)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedmeta.adversary import AdversaryOptions
 from fedmeta.data import DATASETS
 from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS, LearnerConfig
@@ -129,6 +130,7 @@ class Scenario(BaseModel):
     backend: BackendOptions
     compare: CompareOptions = CompareOptions()
     skew: SkewOptions = SkewOptions()
+    adversary: AdversaryOptions = AdversaryOptions()
 
     @property
     def learner_config(self) -> LearnerConfig:
@@ -156,6 +158,8 @@ class Scenario(BaseModel):
             out["compare"] = self.compare.to_toml()
         if self.skew.active:
             out["skew"] = self.skew.to_toml()
+        if self.adversary.fraction > 0:
+            out["adversary"] = self.adversary.to_toml()
         return out
 
 
@@ -167,6 +171,7 @@ PLAIN_TABLES: dict[str, type[Options]] = {
     "backend": BackendOptions,
     "compare": CompareOptions,
     "skew": SkewOptions,
+    "adversary": AdversaryOptions,
 }
 NAMED_TABLES: dict[str, Registry] = {
     "partition": PARTITIONERS,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedmeta.adversary import byzantine_clients, flip_query_labels
 from fedmeta.config import Scenario, scenario_from_dict
 from fedmeta.data import DATASETS
 from fedmeta.data.base import DataSource
@@ -76,6 +77,8 @@ class Experiment:
     model: nn.Module
     learner: Learner
     device: torch.device
+    byzantine: frozenset[int] = frozenset()
+    """Partition ids of the Byzantine training clients (``[adversary]``)."""
     _samplers: dict[tuple[int, int], EpisodeSampler] = field(default_factory=dict)
     _eval_tasks: dict[int, list[Task]] = field(default_factory=dict)
 
@@ -128,6 +131,12 @@ class Experiment:
         torch.manual_seed(torch_seed_for(seed, TRAIN, server_round, partition_id))
         rng = rng_for(seed, TRAIN, server_round, partition_id)
         sampler = self.sampler(partition_id)
+        adv = self.scenario.adversary
+        if partition_id in self.byzantine and adv.attack == "label-flip":
+            n_way = self.scenario.task.n_way
+            return lambda n: [
+                flip_query_labels(t, n_way).to(self.device) for t in sampler.sample(rng, n)
+            ]
         return lambda n: [t.to(self.device) for t in sampler.sample(rng, n)]
 
     def initial_params(self) -> dict[str, Tensor]:
@@ -188,7 +197,8 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
     learner = LEARNERS.get(scenario.learner.name, key="learner.name")(
         model, source.kind.loss, scenario.learner.options, train_classes=source.pool("train")
     )
-    exp = Experiment(scenario, source, layout, model, learner, device)
+    byzantine = byzantine_clients(scenario.adversary, c.train, scenario.seed)
+    exp = Experiment(scenario, source, layout, model, learner, device, byzantine)
     if check_all:
         for pid in range(exp.n_clients):
             exp.sampler(pid, scenario.evaluation.query if exp.is_heldout(pid) else None)

@@ -213,3 +213,7 @@ def build_strategy(name: str, options: Any) -> FedMetaMixin:
         min_available_nodes=1,
         **spec.kwargs(options),
     )
+
+
+# Registered in their own module; imported here so that STRATEGIES is complete.
+from server import robust  # noqa: E402, F401
