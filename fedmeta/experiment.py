@@ -118,8 +118,10 @@ class Experiment:
         if partition_id not in self._eval_tasks:
             # keyed by the held-out index, not the partition id: the same tasks whatever
             # the number of training clients
-            index = partition_id - self.scenario.clients.train
-            rng = rng_for(self.scenario.seed, EVAL, index)
+            if self.is_heldout(partition_id):
+                rng = rng_for(self.scenario.seed, EVAL, partition_id - self.scenario.clients.train)
+            else:  # training clients are not evaluated by the server; own stream for tools
+                rng = rng_for(self.scenario.seed, EVAL, partition_id, 1)
             ev = self.scenario.evaluation
             tasks = self.sampler(partition_id, ev.query).sample(rng, ev.tasks_per_client)
             self._eval_tasks[partition_id] = [t.to(self.device) for t in tasks]

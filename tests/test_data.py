@@ -45,7 +45,13 @@ def check_pools(src: DataSource) -> None:
 
 
 def test_registry_and_kebab_options() -> None:
-    assert DATASETS.names() == ["omniglot", "sinusoid", "synthetic"]
+    assert DATASETS.names() == [
+        "heart-disease",
+        "omniglot",
+        "retinamnist",
+        "sinusoid",
+        "synthetic",
+    ]
     options = DATASETS.get("synthetic").Options.model_validate({"num-classes": 12})
     assert options.num_classes == 12 and options.examples_per_class == 20
     with pytest.raises(ValidationError, match="num-class"):
