@@ -129,9 +129,15 @@ def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
     total, t0 = len(study.cells), time.monotonic()
     print(f"fedmeta: {kind} {study.name!r}: {total} runs -> {out}", file=sys.stderr)
 
+    started: list[int] = []  # runs started by this invocation (a resumed study skips some)
+
     def progress_for(i: int, cell) -> RichProgress:
         elapsed = time.monotonic() - t0
-        eta = f", about {elapsed / (i - 1) * (total - i + 1) / 60:.0f} min left" if i > 1 else ""
+        done_here = len(started)
+        started.append(i)
+        eta = ""
+        if done_here:
+            eta = f", about {elapsed / done_here * (total - i + 1) / 60:.0f} min left"
         print(
             f"{kind}: run {i}/{total}: {cell.dirname} ({elapsed / 60:.1f} min elapsed{eta})",
             file=sys.stderr,
