@@ -92,17 +92,6 @@ def _execute(scenario, out: Path) -> int:
     return 0
 
 
-def _study_raw(args: argparse.Namespace) -> dict:
-    import tomllib
-
-    from fedmeta.config import apply_overrides, load_scenario
-
-    load_scenario(args.scenario, args.set)  # one clear line for a missing or bad file
-    raw = apply_overrides(tomllib.loads(Path(args.scenario).read_text()), args.set)
-    raw.setdefault("name", Path(args.scenario).stem)
-    return raw
-
-
 def _csv_list(text: str | None, flag: str) -> list[str] | None:
     if text is None:
         return None
@@ -113,15 +102,14 @@ def _csv_list(text: str | None, flag: str) -> list[str] | None:
 
 
 def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
+    from fedmeta.config import read_scenario
     from fedmeta.experiment import build_experiment
     from fedmeta.progress import RichProgress
     from fedmeta.report import write_report
     from fedmeta.study import plan_study, run_study
-    from fedmeta.study_results import load_cells
 
-    study = plan_study(
-        _study_raw(args), kind, _csv_list(args.strategies, "--strategies"), args.seeds, params
-    )
+    raw = read_scenario(args.scenario, args.set)
+    study = plan_study(raw, kind, _csv_list(args.strategies, "--strategies"), args.seeds, params)
     for _, scenario in study.cells:  # fail fast on bad data before starting Ray
         build_experiment(scenario, check_all=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -159,7 +147,6 @@ def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
         )
         return 1
     report = write_report(out)
-    manifest, cells = load_cells(out)
     print((out / "table.md").read_text(), end="")
     print(f"results: {out}  (report: {report})")
     return 0

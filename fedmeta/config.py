@@ -302,8 +302,9 @@ def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
     return Scenario(**fields)
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Read, override and validate a scenario file."""
+def read_scenario(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A scenario file as a raw mapping, with overrides applied and ``name`` defaulting to
+    the file's stem (not validated yet)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -312,4 +313,10 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     except tomllib.TOMLDecodeError as exc:
         raise FedmetaError(f"scenario file {str(path)!r} is not valid TOML: {exc}") from None
     raw = apply_overrides(raw, overrides or [])
-    return scenario_from_dict(raw, default_name=path.stem)
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario file."""
+    return scenario_from_dict(read_scenario(path, overrides))

@@ -35,19 +35,32 @@ def kind_of(path: Path) -> str:
     )
 
 
+def _load_study(path: Path):
+    from fedmeta.study_results import load_cells
+
+    manifest, cells = load_cells(path)
+    if not cells:
+        raise FedmetaError(f"{str(path)!r}: no cell of this study has results yet")
+    return manifest, cells
+
+
+def _study_outputs(path: Path, manifest, cells) -> tuple[str, list[Path]]:
+    """Write a study's CSVs, table and plots; return the table and the plot files."""
+    from fedmeta import study_plots
+    from fedmeta.study_results import write_csvs, write_table
+
+    write_csvs(path, manifest, cells)
+    return write_table(path, manifest, cells), study_plots.plot_study(path, manifest, cells)
+
+
 def make_plots(path: Path) -> list[Path]:
-    """Every plot of a run or study, written into ``path``."""
+    """Every plot of a run or study, written into ``path`` (a study also rewrites its CSVs
+    and table)."""
     from fedmeta import study_plots
     from fedmeta.plots import plot_heldout_vs_time
-    from fedmeta.study_results import load_cells, write_csvs, write_table
 
     if kind_of(path) == "study":
-        manifest, cells = load_cells(path)
-        if not cells:
-            raise FedmetaError(f"{str(path)!r}: no cell of this study has results yet")
-        write_csvs(path, manifest, cells)
-        write_table(path, manifest, cells)
-        return study_plots.plot_study(path, manifest, cells)
+        return _study_outputs(path, *_load_study(path))[1]
     cell = _run_as_cell(path)
     made = [
         study_plots.plot_vs_round([cell], path / "heldout_vs_round.png", f"{cell.strategy}"),
@@ -63,12 +76,10 @@ def make_plots(path: Path) -> list[Path]:
 
 def write_report(path: Path) -> Path:
     """``report.md`` beside the plots: what was run, the results table and every plot."""
-    from fedmeta.study_results import comparison_table, load_cells
-
-    images = make_plots(path)
     lines = []
     if kind_of(path) == "study":
-        manifest, cells = load_cells(path)
+        manifest, cells = _load_study(path)
+        table, images = _study_outputs(path, manifest, cells)
         lines += [
             f"# {manifest['kind'].capitalize()}: {manifest['name']}",
             "",
@@ -80,9 +91,10 @@ def write_report(path: Path) -> Path:
             f"- finished runs: {len(cells)} of {len(manifest['cells'])}",
             "- data: `results.csv` (tidy), `clients.csv`, `adapt_steps.csv`; runs in `runs/`",
             "",
-            comparison_table(manifest, cells),
+            table,
         ]
     else:
+        images = make_plots(path)
         summary = RunDir(path).read_summary()
         h = summary["heldout"]
         lines += [f"# Run: {summary['name']}", ""]

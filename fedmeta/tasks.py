@@ -35,6 +35,12 @@ class Task:
             classes=None if self.classes is None else self.classes.to(device),
         )
 
+    def pooled(self) -> tuple[Tensor, Tensor]:
+        """Support and query examples concatenated into one batch (features, targets; support
+        first), for learners without support/query roles in training (Reptile, FedAvg,
+        pFedMe)."""
+        return torch.cat([self.support_x, self.query_x]), torch.cat([self.support_y, self.query_y])
+
     def double(self) -> Task:
         """Features in float64 (targets keep their dtype unless they are floats)."""
 

@@ -11,8 +11,6 @@ Byzantium" (Bulyan).
 
 from __future__ import annotations
 
-from typing import Any
-
 from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from pydantic import Field
 
@@ -29,10 +27,7 @@ class KrumOptions(Options):
 class KrumSpec(StrategySpec):
     base = Krum
     Options = KrumOptions
-
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {"num_malicious_nodes": options.num_malicious}
+    renames = {"num_malicious": "num_malicious_nodes"}
 
 
 class MultiKrumOptions(KrumOptions):
@@ -44,10 +39,7 @@ class MultiKrumOptions(KrumOptions):
 class MultiKrumSpec(StrategySpec):
     base = MultiKrum
     Options = MultiKrumOptions
-
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {"num_malicious_nodes": options.num_malicious, "num_nodes_to_select": options.select}
+    renames = {"num_malicious": "num_malicious_nodes", "select": "num_nodes_to_select"}
 
 
 class FedMedianOptions(Options):
@@ -70,10 +62,6 @@ class FedTrimmedAvgSpec(StrategySpec):
     base = FedTrimmedAvg
     Options = TrimmedOptions
 
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {"beta": options.beta}
-
 
 @STRATEGIES.register("bulyan", help="Flower Bulyan: Krum selection then trimmed mean")
 class BulyanSpec(StrategySpec):
@@ -81,7 +69,4 @@ class BulyanSpec(StrategySpec):
 
     base = Bulyan
     Options = KrumOptions
-
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {"num_malicious_nodes": options.num_malicious}
+    renames = {"num_malicious": "num_malicious_nodes"}

@@ -18,7 +18,7 @@ Server optimisers: McMahan et al. (2017) FedAvg; Hsu, Qi and Brown (2019) FedAvg
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -122,14 +122,16 @@ STATEFUL = ("current_arrays", "momentum_vector", "m_t", "v_t")
 
 
 class StrategySpec:
-    """A registry entry: the Flower base class and the options it takes."""
+    """A registry entry: the Flower base class and the options it takes. Every option is
+    passed to the Flower constructor under its own name, or under ``renames[name]``."""
 
     base: type[FedAvg] = FedAvg
     Options: type[Options]
+    renames: ClassVar[dict[str, str]] = {}
 
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {}
+    @classmethod
+    def kwargs(cls, options: Options) -> dict[str, Any]:
+        return {cls.renames.get(f, f): getattr(options, f) for f in type(options).model_fields}
 
 
 STRATEGIES: Registry[type[StrategySpec]] = Registry("strategy")
@@ -154,10 +156,7 @@ class FedAvgMOptions(Options):
 class FedAvgMSpec(StrategySpec):
     base = FedAvgM
     Options = FedAvgMOptions
-
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {"server_learning_rate": options.server_lr, "server_momentum": options.momentum}
+    renames = {"server_lr": "server_learning_rate", "momentum": "server_momentum"}
 
 
 class FedAdamOptions(Options):
@@ -172,15 +171,6 @@ class FedAdamSpec(StrategySpec):
     base = FedAdam
     Options = FedAdamOptions
 
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {
-            "eta": options.eta,
-            "beta_1": options.beta_1,
-            "beta_2": options.beta_2,
-            "tau": options.tau,
-        }
-
 
 class FedProxOptions(Options):
     proximal_mu: float = Field(0.01, ge=0)
@@ -194,10 +184,6 @@ class FedProxSpec(StrategySpec):
 
     base = FedProx
     Options = FedProxOptions
-
-    @staticmethod
-    def kwargs(options: Any) -> dict[str, Any]:
-        return {"proximal_mu": options.proximal_mu}
 
 
 def build_strategy(name: str, options: Any) -> FedMetaMixin:

@@ -14,7 +14,7 @@ from fedmeta.experiment import build_experiment
 from fedmeta.partition import power_law_sizes
 from fedmeta.skew import ClientSkew, SkewOptions
 from fedmeta.tasks import Task
-from server.strategies import build_strategy
+from server.strategies import STRATEGIES, build_strategy
 from tests.conftest import data_root
 from tests.test_partition import Toy, layout
 
@@ -125,7 +125,7 @@ def test_rotation_on_tabular_data_is_a_scenario_error(tiny_raw, tmp_path, capsys
 
 
 def test_dropout_drops_the_expected_share_deterministically():
-    strategy = build_strategy("fedavg", None)
+    strategy = build_strategy("fedavg", STRATEGIES.get("fedavg").Options())
     strategy.bind({i: i for i in range(100)}, 100, 0.5, seed=7, eval_rounds=set(), dropout=0.3)
     kept = [len(strategy.sample_train_nodes(r)) for r in range(1, 201)]
     assert 0.66 < np.mean(kept) / 50 < 0.74

@@ -80,12 +80,11 @@ class HeartDisease:
             x, y = load_hospital(found / f"processed.{name}.data")
             xs.append(x)
             ids.append(2 * h + y)
-        held = HOSPITALS.index(options.heldout)
         groups = {name: np.array([2 * h, 2 * h + 1]) for h, name in enumerate(HOSPITALS)}
-        train = {k: v for k, v in groups.items() if k != options.heldout}
+        held = {options.heldout: groups.pop(options.heldout)}
         return ArraySource(
             np.concatenate(xs),
             np.concatenate(ids),
-            {"train": np.concatenate(list(train.values())), "heldout": groups[options.heldout]},
-            {"train": train, "heldout": {options.heldout: np.array([2 * held, 2 * held + 1])}},
+            {"train": np.concatenate(list(groups.values())), "heldout": held[options.heldout]},
+            {"train": groups, "heldout": held},
         )

@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from fedmeta.learners import LEARNERS
 from fedmeta.learners.base import Learner, LearnerConfig, Params, n_way_of, zero_head
-from fedmeta.learners.reptile import pooled
 from fedmeta.tasks import LossFn, Task
 
 
@@ -69,7 +68,7 @@ class FedAvg(Learner):
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         """Gradient of the supervised loss on the task's pooled support and query examples
         (global labels), and that loss before the step."""
-        x, y = pooled(task)
+        x, y = task.pooled()
         if not y.is_floating_point():
             y = self.global_targets(task, y)
         loss = self.loss(params, x, y)

@@ -20,7 +20,6 @@ from pydantic import Field
 
 from fedmeta.learners import LEARNERS
 from fedmeta.learners.base import Learner, LearnerConfig, Params
-from fedmeta.learners.reptile import pooled
 from fedmeta.tasks import Task
 
 
@@ -37,7 +36,7 @@ class PFedMe(Learner):
 
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         """``lam * (w - theta)`` for the task, and the pooled loss at ``theta``."""
-        x, y = pooled(task)
+        x, y = task.pooled()
         anchor = {k: v.detach() for k, v in params.items()}
         theta = self.inner_loop(
             params, x, y, self.cfg.inner_steps, self.cfg.inner_lr, False, anchor, self.cfg.lam

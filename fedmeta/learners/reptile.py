@@ -27,7 +27,7 @@ from fedmeta.tasks import Task
 
 def minibatches(task: Task, steps: int) -> list[tuple[Tensor, Tensor]]:
     """``steps`` minibatches of the task's pooled examples (see the module docstring)."""
-    x, y = pooled(task)
+    x, y = task.pooled()
     if y.is_floating_point():  # regression: consecutive chunks
         chunks = torch.arange(len(x)).tensor_split(min(steps, len(x)))
         return [(x[c], y[c]) for c in (chunks[i % len(chunks)] for i in range(steps))]
@@ -38,25 +38,6 @@ def minibatches(task: Task, steps: int) -> list[tuple[Tensor, Tensor]]:
         pick = torch.stack([idx[i % shots] for idx in by_class])
         out.append((x[pick], y[pick]))
     return out
-
-
-def pooled(task: Task) -> tuple[Tensor, Tensor]:
-    """The task's support and query examples concatenated into one batch.
-
-    Parameters
-    ----------
-    task : Task
-        One episode.
-
-    Returns
-    -------
-    tuple[Tensor, Tensor]
-        Features and targets, support first.
-    """
-    return (
-        torch.cat([task.support_x, task.query_x]),
-        torch.cat([task.support_y, task.query_y]),
-    )
 
 
 @LEARNERS.register("reptile", help="Reptile (Nichol et al., 2018): move towards adapted weights")
@@ -89,7 +70,7 @@ class Reptile(Learner):
         fast = params
         for bx, by in minibatches(task, self.cfg.inner_steps):
             fast = self.inner_loop(fast, bx, by, 1, self.cfg.inner_lr, False)
-        x, y = pooled(task)
+        x, y = task.pooled()
         with torch.no_grad():
             loss = self.loss(fast, x, y).item()
         return {k: (params[k] - fast[k]).detach() for k in params}, loss
