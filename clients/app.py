@@ -15,10 +15,11 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.mods import byzantine_mod
+from clients.mods import byzantine_mod, privacy_mod, secure_aggregation_mod
 from fedmeta.evaluate import evaluate_tasks
 from fedmeta.experiment import Experiment, data_loads, experiment_from_json
 from fedmeta.learners.base import LocalContext
+from fedmeta.privacy.options import UNIT_WEIGHT
 
 app = ClientApp()
 
@@ -58,7 +59,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
-@app.train(mods=[byzantine_mod])
+@app.train(mods=[secure_aggregation_mod, privacy_mod, byzantine_mod])
 def train(msg: Message, context: Context) -> Message:
     """Local meta-training from the global meta-parameters on this client's tasks."""
     exp, pid = _setup(msg), _pid(context)
@@ -68,15 +69,18 @@ def train(msg: Message, context: Context) -> Message:
     params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
     config = msg.content["config"]
     sample = exp.train_sampler(pid, int(config["server-round"]))
+    examples = exp.layout.shard(pid).size
     ctx = LocalContext(
         proximal_mu=float(config["proximal-mu"]) if "proximal-mu" in config else 0.0,
         state={k: exp.to_device(v) for k, v in _load_state(context).items()},
+        examples=examples,
     )
-    new_params, metrics = exp.learner.local_update(params, sample, ctx)
+    new_params, metrics = exp.local_learner.local_update(params, sample, ctx)
     _save_state(context, ctx.state)
     metrics = {
         **metrics,
-        "num-examples": exp.layout.shard(pid).size,
+        "num-examples": examples,
+        UNIT_WEIGHT: 1,
         "compute-seconds": time.perf_counter() - t0,
         "process-data-loads": data_loads(),
     }

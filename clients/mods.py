@@ -1,19 +1,51 @@
-"""Client mods: behaviour wrapped around the ClientApp's handlers, outside every learner."""
+"""Client mods: behaviour wrapped around the ClientApp's handlers, outside every learner.
+
+Order on the training handler (outermost first): :func:`secure_aggregation_mod`,
+:func:`privacy_mod`, :func:`byzantine_mod`. So a Byzantine reply is still clipped and noised
+by the client's privacy mods, and what SecAgg+ masks is exactly what would have been sent.
+"""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message
+import functools
+import json
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
 
 from fedmeta.adversary import ADVERSARY, attack_weights
-from fedmeta.experiment import TRAIN, experiment_from_json, rng_for
+from fedmeta.experiment import TRAIN, Experiment, experiment_from_json, rng_for
+from fedmeta.privacy.options import PrivacyOptions
+
+NOISE = 6
+"""Random-stream key of the noise Flower's client mods draw from numpy's global generator."""
+
+CLIPPING_MODS = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}
+
+
+def _experiment(msg: Message) -> Experiment:
+    return experiment_from_json(str(msg.content["config"]["scenario"]))
+
+
+def _seed_numpy(exp: Experiment, msg: Message, context: Context) -> None:
+    """Seed numpy's global generator (which Flower's DP and SecAgg+ code draws from) per
+    scenario seed, round and client, so private runs are reproducible."""
+    rnd = int(msg.content["config"]["server-round"])
+    pid = int(context.node_config["partition-id"])
+    np.random.seed(rng_for(exp.scenario.seed, NOISE, rnd, pid).integers(2**32))
 
 
 def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Replace a Byzantine client's training reply by its attack (see :mod:`fedmeta.adversary`);
     honest clients, and every client without ``[adversary]``, pass through unchanged."""
     reply = call_next(msg, context)
-    exp = experiment_from_json(str(msg.content["config"]["scenario"]))
+    exp = _experiment(msg)
     pid = int(context.node_config["partition-id"])
     if reply.has_error() or pid not in exp.byzantine:
         return reply
@@ -23,3 +55,98 @@ def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     rng = rng_for(exp.scenario.seed, ADVERSARY, TRAIN, rnd, pid)
     reply.content["arrays"] = ArrayRecord(attack_weights(exp.scenario.adversary, sent, honest, rng))
     return reply
+
+
+@functools.lru_cache(maxsize=4)
+def _privacy_chain(options: PrivacyOptions) -> tuple:
+    """Flower's client mods that ``[privacy]`` asks for, outermost first."""
+    chain: list = []
+    if options.central in CLIPPING_MODS:
+        chain.append(CLIPPING_MODS[options.central])
+    if options.local_epsilon is not None:
+        chain.append(
+            LocalDpMod(
+                options.clipping_norm,
+                options.clipping_norm,
+                options.local_epsilon,
+                options.local_delta,
+            )
+        )
+    return tuple(chain)
+
+
+def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run Flower's client-side DP mods that the scenario's ``[privacy]`` table enables:
+    ``fixedclipping_mod``/``adaptiveclipping_mod`` for client-side clipping, ``LocalDpMod``
+    for local DP. Without them the message passes through unchanged."""
+    exp = _experiment(msg)
+    chain = _privacy_chain(exp.scenario.privacy)
+    if not chain:
+        return call_next(msg, context)
+    _seed_numpy(exp, msg, context)
+    handler = call_next
+    for mod in reversed(chain):
+        handler = functools.partial(mod, call_next=handler)
+    return handler(msg, context)
+
+
+# -- secure aggregation ----------------------------------------------------------------------
+
+NAMES = "fedmeta-array-names"
+"""FitIns config key: the JSON list of array names (legacy Parameters carry none)."""
+WEIGHT_KEY = "fedmeta-weight-key"
+"""FitIns config key: the reply metric SecAgg+ weights this client's vector by."""
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def _legacy_step(call_next: ClientAppCallable) -> ClientAppCallable:
+    """The training step SecAgg+ wraps: legacy FitIns in, fedmeta's chain, legacy FitRes out."""
+
+    def step(msg: Message, context: Context) -> Message:
+        ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        config = dict(ins.config)
+        names = json.loads(str(config.pop(NAMES)))
+        weight_key = str(config.pop(WEIGHT_KEY))
+        arrays = dict(zip(names, parameters_to_ndarrays(ins.parameters), strict=True))
+        msg.content = RecordDict(
+            {"arrays": _record(arrays), "config": ConfigRecord(config)}
+        )
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        out = reply.content["arrays"].to_numpy_ndarrays()
+        metrics = dict(reply.content["metrics"])
+        fitres = FitRes(
+            status=Status(code=Code.OK, message=""),
+            parameters=ndarrays_to_parameters(out),
+            num_examples=int(metrics[weight_key]),
+            metrics=metrics,
+        )
+        return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+    return step
+
+
+def secure_aggregation_mod(
+    msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """Flower's ``secaggplus_mod`` for SecAgg+ messages; everything else passes through.
+
+    SecAgg+ speaks the legacy FitIns/FitRes layout, so the training step it wraps converts the
+    message to fedmeta's layout, runs the rest of the chain, and converts the reply back. Its
+    weight is the reply metric the server names (``num-examples``, or ``unit-weight`` under
+    central DP). The masks are drawn from ``os.urandom`` and cancel exactly; numpy's generator
+    (stochastic rounding in the quantizer) is seeded for reproducibility."""
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    if "fitins.config" in msg.content.config_records:
+        config = msg.content.config_records["fitins.config"]
+        exp = experiment_from_json(str(config["scenario"]))
+        pid = int(context.node_config["partition-id"])
+        np.random.seed(
+            rng_for(exp.scenario.seed, NOISE, int(config["server-round"]), pid, 1).integers(2**32)
+        )
+    return secaggplus_mod(msg, context, _legacy_step(call_next))

@@ -1,4 +1,5 @@
-"""The ``fedmeta`` command: run, resume, compare, sweep, plot, report, partition, validate, list.
+"""The ``fedmeta`` command: run, resume, compare, sweep, plot, report, audit, partition,
+validate, list.
 
 Bad input (scenario keys, values, data roots, CLI values) prints one ``error:`` line and exits
 with code 2, without a traceback.
@@ -38,7 +39,26 @@ def _fmt(summary: dict) -> str:
                 f"   after adaptation: {post:.4f} ± {h[f'{metric}-post-ci95']:.4f}"
                 f"   ({h.get('num-tasks', '?')} tasks, {h.get('num-clients', '?')} clients)"
             )
+    p = summary.get("privacy", {})
+    if "epsilon" in p:
+        lines.append(
+            f"privacy: epsilon {p['epsilon']:.3g} at delta {p['delta']:g} ({p['central']} DP, "
+            f"noise multiplier {p['noise-multiplier']:.3g}, {p['accountant']} accountant)"
+        )
+    if "example-epsilon" in p:
+        lines.append(f"privacy: example-level (DP-SGD) epsilon {p['example-epsilon']:.3g}")
+    if "audit" in summary:
+        lines.append(_fmt_audit(summary["audit"]))
     return "\n".join(lines)
+
+
+def _fmt_audit(a: dict) -> str:
+    return (
+        f"membership inference ({a['members']} member / {a['nonmembers']} non-member examples):"
+        f" loss attack AUC {a['loss-auc']:.3f} (TPR {a['loss-tpr-at-1pct-fpr']:.3f} at 1% FPR),"
+        f" calibrated AUC {a['calibrated-auc']:.3f}"
+        f" (TPR {a['calibrated-tpr-at-1pct-fpr']:.3f} at 1% FPR)"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -165,6 +185,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if len(params) != len(args.param):
         raise FedmetaError("--param names the same key twice; give each key once")
     return _run_study(args, "sweep", params)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Membership inference on a finished run's final meta-parameters (``audit.json``)."""
+    import torch
+
+    from fedmeta.config import load_scenario
+    from fedmeta.experiment import build_experiment
+    from fedmeta.privacy.audit import run_audit
+    from fedmeta.results import atomic_write_text
+
+    run = Path(args.run_dir)
+    if not (run / "final.pt").exists() or not (run / "scenario.toml").exists():
+        raise FedmetaError(f"{str(run)!r} is not a finished run (no final.pt and scenario.toml)")
+    overrides = [f"privacy.audit-tasks={args.tasks}"] if args.tasks else []
+    exp = build_experiment(load_scenario(run / "scenario.toml", overrides))
+    torch.set_num_threads(max(1, exp.scenario.backend.torch_threads))
+    final = torch.load(run / "final.pt", map_location="cpu")
+    audit = run_audit(exp, final, exp.initial_params())
+    atomic_write_text(run / "audit.json", json.dumps(audit, indent=2) + "\n")
+    print(_fmt_audit(audit))
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -298,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(kind, help=text)
         sp.add_argument("dir")
         sp.set_defaults(fn=fn)
+    aud = sub.add_parser("audit", help="membership-inference audit of a finished run")
+    aud.add_argument("run_dir")
+    aud.add_argument("--tasks", type=_positive, help="tasks per audited client (default: scenario)")
+    aud.set_defaults(fn=cmd_audit)
     part = sub.add_parser("partition", help="print and plot who holds which classes (no training)")
     part.add_argument("scenario")
     part.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

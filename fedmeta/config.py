@@ -22,6 +22,8 @@ from fedmeta.learners import LEARNERS, LearnerConfig
 from fedmeta.models import MODELS
 from fedmeta.options import Options, kebab
 from fedmeta.partition import PARTITIONERS
+from fedmeta.privacy.checks import check_privacy
+from fedmeta.privacy.options import PrivacyOptions
 from fedmeta.registry import Registry
 from fedmeta.skew import SkewOptions
 from server.strategies import STRATEGIES
@@ -131,6 +133,7 @@ class Scenario(BaseModel):
     compare: CompareOptions = CompareOptions()
     skew: SkewOptions = SkewOptions()
     adversary: AdversaryOptions = AdversaryOptions()
+    privacy: PrivacyOptions = PrivacyOptions()
 
     @property
     def learner_config(self) -> LearnerConfig:
@@ -160,6 +163,8 @@ class Scenario(BaseModel):
             out["skew"] = self.skew.to_toml()
         if self.adversary.fraction > 0:
             out["adversary"] = self.adversary.to_toml()
+        if self.privacy.active:
+            out["privacy"] = self.privacy.to_toml()
         return out
 
 
@@ -172,6 +177,7 @@ PLAIN_TABLES: dict[str, type[Options]] = {
     "compare": CompareOptions,
     "skew": SkewOptions,
     "adversary": AdversaryOptions,
+    "privacy": PrivacyOptions,
 }
 NAMED_TABLES: dict[str, Registry] = {
     "partition": PARTITIONERS,
@@ -210,6 +216,9 @@ def _validate(model: type[BaseModel], raw: dict, table: str) -> BaseModel:
             raise FedmetaError(
                 f"unknown scenario key {key!r}{_suggest(str(err['loc'][0]), allowed)}"
             ) from None
+        if not err["loc"] and err["type"] == "value_error":  # a check across a table's keys
+            reason = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+            raise FedmetaError(f"[{table}] {reason}") from None
         raise FedmetaError(
             f"scenario key {key!r}: {err['msg'].lower()} (got {err.get('input')!r})"
         ) from None
@@ -299,7 +308,9 @@ def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
     for table, registry in NAMED_TABLES.items():
         name, opts, _ = _named(raw.get(table, {}), table, registry)
         fields[table] = Named(name=name, options=opts)
-    return Scenario(**fields)
+    scenario = Scenario(**fields)
+    check_privacy(scenario)
+    return scenario
 
 
 def read_scenario(path: str | Path, overrides: list[str] | None = None) -> dict:

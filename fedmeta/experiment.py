@@ -25,6 +25,7 @@ from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS, Learner
 from fedmeta.models import MODELS
 from fedmeta.partition import PARTITIONERS, Layout, build_layout
+from fedmeta.privacy.dpsgd import make_private
 from fedmeta.skew import SKEW, ClientSkew
 from fedmeta.tasks import Task
 
@@ -79,12 +80,20 @@ class Experiment:
     device: torch.device
     byzantine: frozenset[int] = frozenset()
     """Partition ids of the Byzantine training clients (``[adversary]``)."""
+    train_learner: Learner | None = None
+    """The learner of local updates when it differs from :attr:`learner` (DP-SGD); held-out
+    clients always adapt with :attr:`learner`."""
     _samplers: dict[tuple[int, int], EpisodeSampler] = field(default_factory=dict)
     _eval_tasks: dict[int, list[Task]] = field(default_factory=dict)
 
     @property
     def n_clients(self) -> int:
         return self.scenario.clients.train + self.scenario.clients.heldout
+
+    @property
+    def local_learner(self) -> Learner:
+        """The learner training clients run their local update with."""
+        return self.train_learner or self.learner
 
     def is_heldout(self, partition_id: int) -> bool:
         return partition_id >= self.scenario.clients.train
@@ -200,7 +209,11 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
         model, source.kind.loss, scenario.learner.options, train_classes=source.pool("train")
     )
     byzantine = byzantine_clients(scenario.adversary, c.train, scenario.seed)
-    exp = Experiment(scenario, source, layout, model, learner, device, byzantine)
+    private = scenario.privacy
+    train_learner = (
+        make_private(learner, private) if private.example_noise_multiplier is not None else None
+    )
+    exp = Experiment(scenario, source, layout, model, learner, device, byzantine, train_learner)
     if check_all:
         for pid in range(exp.n_clients):
             exp.sampler(pid, scenario.evaluation.query if exp.is_heldout(pid) else None)

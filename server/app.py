@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.config import Scenario, load_scenario
 from fedmeta.experiment import build_experiment
+from fedmeta.privacy.audit import run_audit
 from fedmeta.results import RunDir
 from server.loop import Progress, run_rounds
 
@@ -48,6 +49,8 @@ def serve(grid: Grid, scenario: Scenario, run_dir: RunDir, progress: Progress) -
     exp = build_experiment(scenario)
     summary = run_rounds(grid, exp, run_dir, progress)
     params = run_dir.load_checkpoint()["params"]
+    if scenario.privacy.audit:
+        summary["audit"] = run_audit(exp, params, exp.initial_params())
     run_dir.write_final(params, summary)
     return summary
 

@@ -12,10 +12,15 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedmeta.experiment import Experiment, scenario_json
+from clients.mods import NOISE
+from fedmeta.experiment import Experiment, rng_for, scenario_json
+from fedmeta.privacy.options import UNIT_WEIGHT
 from fedmeta.results import RunDir
+from server.privacy import CentralDP
+from server.secagg import secure_round
 from server.strategies import FedMetaMixin, build_strategy
 
 
@@ -71,6 +76,25 @@ def _check(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
     return replies, ok
 
 
+def make_exchange(exp: Experiment, weight_key: str):
+    """``exchange(grid, messages) -> (replies, successful replies)`` for one training round:
+    plain send-and-receive, or Flower's SecAgg+ when ``privacy.secure-aggregation``."""
+    sc = exp.scenario
+    if not sc.privacy.secure_aggregation:
+        return lambda grid, msgs: _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
+    train_ids = range(sc.clients.train)
+    sizes = [exp.layout.shard(p).size for p in train_ids]
+    max_weight = 1.0 if weight_key == UNIT_WEIGHT else float(max(sizes))
+
+    def secure(grid, msgs):
+        replies = secure_round(grid, msgs, sc.privacy, weight_key, max_weight, sc.train.timeout)
+        if msgs and not replies:
+            raise ClientFailure("every client failed during secure aggregation")
+        return replies, replies
+
+    return secure
+
+
 def eval_rounds(exp: Experiment) -> set[int]:
     ev, rounds = exp.scenario.evaluation, exp.scenario.train.rounds
     out = {r for r in range(1, rounds + 1) if r % ev.every == 0} | {rounds}
@@ -85,7 +109,10 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
         config["eval-inner-steps"] = sc.evaluation.inner_steps
     nodes = wait_for_nodes(grid, exp.n_clients)
     partition_of = map_partitions(grid, nodes, config, sc.train.timeout)
-    strategy: FedMetaMixin = build_strategy(sc.strategy.name, sc.strategy.options)
+    weight_key = UNIT_WEIGHT if sc.privacy.central_dp else "num-examples"
+    strategy: FedMetaMixin = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
+    private = CentralDP(strategy, sc)  # private.strategy: Flower's DP wrapper, or strategy
+    exchange = make_exchange(exp, weight_key)
     strategy.bind(
         partition_of,
         sc.clients.train,
@@ -98,10 +125,11 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
     ckpt = run_dir.load_checkpoint()
     if ckpt is None:
         arrays = ArrayRecord(exp.initial_params())
-        state = {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0}
+        state = {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0, "example-epsilon": 0.0}
     else:
         arrays = ArrayRecord(ckpt["params"])
         strategy.load_state(ckpt["strategy"])
+        private.load_state(ckpt.get("privacy", {}))
         state = ckpt["counters"]
         run_dir.truncate_metrics(state["round"])
     progress.start(sc.train.rounds, state["round"] + 1)
@@ -113,12 +141,16 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
         info: dict[str, Any] = {}
         if rnd > 0:
             t_train = time.monotonic()
-            msgs = list(strategy.configure_train(rnd, arrays, ConfigRecord(config), grid))
-            replies, ok = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
+            trainer = private.strategy
+            msgs = list(trainer.configure_train(rnd, arrays, ConfigRecord(config), grid))
+            replies, ok = exchange(grid, msgs)
             state["bytes"] += model_bytes * (len(msgs) + len(ok))  # down and up
             compute = [float(r.content["metrics"]["compute-seconds"]) for r in ok]
             state["compute"] += sum(compute)
-            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            example_eps = [float(r.content["metrics"].get("example-epsilon", 0.0)) for r in ok]
+            state["example-epsilon"] = max([state.get("example-epsilon", 0.0), *example_eps])
+            np.random.seed(rng_for(sc.seed, NOISE, rnd).integers(2**32))  # Flower's DP noise
+            new_arrays, train_metrics = trainer.aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = new_arrays
             info = {
@@ -126,6 +158,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
                 "failed": len(replies) - len(ok),
                 "dropped": strategy.dropped,
                 "round-train-seconds": time.monotonic() - t_train,
+                **private.after_round(),
             }
             metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}
             run_dir.append_metrics(
@@ -154,6 +187,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
                 {
                     "params": arrays.to_torch_state_dict(),
                     "strategy": strategy.state(),
+                    "privacy": private.state(),
                     "counters": dict(state),
                 }
             )
@@ -161,7 +195,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
         if out_of_time:
             break
     progress.finish()
-    return summarize(exp, latest, state)
+    return summarize(exp, latest, state, private.summary())
 
 
 def last_heldout(run_dir: RunDir) -> dict[str, Any]:
@@ -173,10 +207,18 @@ def last_heldout(run_dir: RunDir) -> dict[str, Any]:
     return {"round": last, **{r["metric"]: r["value"] for r in records if r["round"] == last}}
 
 
-def summarize(exp: Experiment, latest: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    """``summary.json``: the final held-out metrics with CIs, wall time and bytes."""
+def summarize(
+    exp: Experiment, latest: dict[str, Any], state: dict[str, Any], privacy: dict[str, Any]
+) -> dict[str, Any]:
+    """``summary.json``: the final held-out metrics with CIs, wall time, bytes and, for private
+    runs, the epsilon spent (central: accounted by the server; example-level: the largest any
+    client reported)."""
     sc = exp.scenario
     heldout = {k: v for k, v in latest.items() if not k.endswith("-per-client")}
+    if sc.privacy.example_noise_multiplier is not None:
+        privacy = {**privacy, "example-epsilon": state.get("example-epsilon", 0.0)}
+    if sc.privacy.active:
+        privacy = {"delta": sc.privacy.delta, **privacy}
     return {
         "name": sc.name,
         "rounds": state["round"],
@@ -185,4 +227,5 @@ def summarize(exp: Experiment, latest: dict[str, Any], state: dict[str, Any]) ->
         "client-compute-seconds": round(state["compute"], 3),
         "bytes-communicated": state["bytes"],
         "mb-communicated": round(state["bytes"] / 2**20, 3),
+        **({"privacy": privacy} if privacy else {}),
     }

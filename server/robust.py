@@ -25,6 +25,7 @@ class KrumOptions(Options):
 
 @STRATEGIES.register("krum", help="Flower Krum: the update closest to its n - f - 2 neighbours")
 class KrumSpec(StrategySpec):
+    mean_aggregation = False
     base = Krum
     Options = KrumOptions
     renames = {"num_malicious": "num_malicious_nodes"}
@@ -37,6 +38,7 @@ class MultiKrumOptions(KrumOptions):
 
 @STRATEGIES.register("multikrum", help="Flower MultiKrum: average of the m best Krum updates")
 class MultiKrumSpec(StrategySpec):
+    mean_aggregation = False
     base = MultiKrum
     Options = MultiKrumOptions
     renames = {"num_malicious": "num_malicious_nodes", "select": "num_nodes_to_select"}
@@ -48,6 +50,7 @@ class FedMedianOptions(Options):
 
 @STRATEGIES.register("fedmedian", help="Flower FedMedian: coordinate-wise median of updates")
 class FedMedianSpec(StrategySpec):
+    mean_aggregation = False
     base = FedMedian
     Options = FedMedianOptions
 
@@ -59,6 +62,7 @@ class TrimmedOptions(Options):
 
 @STRATEGIES.register("fedtrimmedavg", help="Flower FedTrimmedAvg: coordinate-wise trimmed mean")
 class FedTrimmedAvgSpec(StrategySpec):
+    mean_aggregation = False
     base = FedTrimmedAvg
     Options = TrimmedOptions
 
@@ -67,6 +71,7 @@ class FedTrimmedAvgSpec(StrategySpec):
 class BulyanSpec(StrategySpec):
     """Needs at least ``4 f + 3`` replies per round (``f = num-malicious``)."""
 
+    mean_aggregation = False
     base = Bulyan
     Options = KrumOptions
     renames = {"num_malicious": "num_malicious_nodes"}

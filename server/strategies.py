@@ -128,6 +128,9 @@ class StrategySpec:
     base: type[FedAvg] = FedAvg
     Options: type[Options]
     renames: ClassVar[dict[str, str]] = {}
+    mean_aggregation: ClassVar[bool] = True
+    """Whether the aggregate is a (weighted) mean of the replies, which central DP's noise
+    scale and secure aggregation's masked sum both assume."""
 
     @classmethod
     def kwargs(cls, options: Options) -> dict[str, Any]:
@@ -186,9 +189,10 @@ class FedProxSpec(StrategySpec):
     Options = FedProxOptions
 
 
-def build_strategy(name: str, options: Any) -> FedMetaMixin:
+def build_strategy(name: str, options: Any, weighted_by_key: str = "num-examples") -> FedMetaMixin:
     """Instantiate the fedmeta strategy named ``name`` (sampling is done by the mixin, so
-    Flower's own fractions are 1 and its minimums 1)."""
+    Flower's own fractions are 1 and its minimums 1). Replies are weighted by their metric
+    ``weighted_by_key``."""
     spec = STRATEGIES.get(name, key="strategy.name")
     cls = type(f"FedMeta{spec.base.__name__}", (FedMetaMixin, spec.base), {})
     return cls(
@@ -197,6 +201,7 @@ def build_strategy(name: str, options: Any) -> FedMetaMixin:
         min_train_nodes=1,
         min_evaluate_nodes=1,
         min_available_nodes=1,
+        weighted_by_key=weighted_by_key,
         **spec.kwargs(options),
     )
 

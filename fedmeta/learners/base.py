@@ -78,6 +78,8 @@ class LocalContext:
 
     proximal_mu: float = 0.0
     state: dict[str, Params] = field(default_factory=dict)
+    examples: int = 0
+    """Examples in the client's shard (the denominator of DP-SGD's sampling rate)."""
 
 
 def n_way_of(task: Task) -> int:
@@ -128,6 +130,10 @@ class Learner:
     """If true, the model's head has one output per training class (global labels) instead of
     ``n_way`` outputs (episode positions), and :meth:`eval_start` swaps it for a fresh head."""
 
+    supports_example_dp: ClassVar[bool] = False
+    """Whether every gradient the local update takes on data is a first-order
+    :meth:`value_and_grad` call, which DP-SGD (:mod:`fedmeta.privacy.dpsgd`) can replace."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -152,6 +158,15 @@ class Learner:
         inner = {k[len("features.") :]: v for k, v in params.items() if k.startswith("features.")}
         return functional_call(self.model.features, inner, (x,))
 
+    def value_and_grad(
+        self, params: Params, x: Tensor, y: Tensor, create_graph: bool = False
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        """Gradient of the mean loss on ``(x, y)`` with respect to ``params`` (in their order),
+        and that loss."""
+        loss = self.loss(params, x, y)
+        grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=create_graph)
+        return grads, loss
+
     def inner_loop(
         self,
         params: Params,
@@ -167,9 +182,7 @@ class Learner:
         With ``anchor`` and ``lam`` the objective gains ``lam / 2 * ||w - anchor||^2``."""
         fast = params
         for _ in range(steps):
-            grads = torch.autograd.grad(
-                self.loss(fast, x, y), tuple(fast.values()), create_graph=create_graph
-            )
+            grads, _ = self.value_and_grad(fast, x, y, create_graph)
             if anchor is not None and lam:
                 grads = [g + lam * (fast[k] - anchor[k]) for k, g in zip(fast, grads, strict=True)]
             fast = sgd_step(fast, grads, lr)

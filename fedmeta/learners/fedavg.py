@@ -39,6 +39,7 @@ class FedAvg(Learner):
     """
 
     global_head = True
+    supports_example_dp = True
 
     def __init__(
         self,
@@ -71,8 +72,7 @@ class FedAvg(Learner):
         x, y = task.pooled()
         if not y.is_floating_point():
             y = self.global_targets(task, y)
-        loss = self.loss(params, x, y)
-        grads = torch.autograd.grad(loss, tuple(params.values()))
+        grads, loss = self.value_and_grad(params, x, y)
         return dict(zip(params, grads, strict=True)), loss.item()
 
     def eval_start(self, params: Params, task: Task) -> Params:

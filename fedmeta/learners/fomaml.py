@@ -49,3 +49,4 @@ class FOMAML(MAML):
     """
 
     first_order: ClassVar[bool] = True
+    supports_example_dp: ClassVar[bool] = True

@@ -66,9 +66,8 @@ class MAML(Learner):
         if self.first_order:
             # Cut the graph: the gradient at the adapted point is the first-order meta-gradient.
             fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
-            wrt = tuple(fast.values())
+            grads, query_loss = self.value_and_grad(fast, task.query_x, task.query_y)
         else:
-            wrt = tuple(params.values())
-        query_loss = self.loss(fast, task.query_x, task.query_y)
-        grads = torch.autograd.grad(query_loss, wrt)
+            query_loss = self.loss(fast, task.query_x, task.query_y)
+            grads = torch.autograd.grad(query_loss, tuple(params.values()))
         return dict(zip(params, grads, strict=True)), query_loss.item()

@@ -72,6 +72,7 @@ class PerFedAvgFO(Learner):
     """
 
     hessian_free: ClassVar[bool] = False
+    supports_example_dp: ClassVar[bool] = True
 
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         """Per-FedAvg direction and query loss at the temporary model for one task.
@@ -92,12 +93,11 @@ class PerFedAvgFO(Learner):
         iterates = [{k: v.detach().requires_grad_(True) for k, v in params.items()}]
         for _ in range(self.cfg.inner_steps):
             w = iterates[-1]
-            support_loss = self.loss(w, task.support_x, task.support_y)
-            nxt = sgd_step(w, torch.autograd.grad(support_loss, tuple(w.values())), alpha)
+            nxt = sgd_step(w, self.value_and_grad(w, task.support_x, task.support_y)[0], alpha)
             iterates.append({k: v.detach().requires_grad_(True) for k, v in nxt.items()})
         temp = iterates[-1]
-        query_loss = self.loss(temp, task.query_x, task.query_y)
-        g = dict(zip(temp, torch.autograd.grad(query_loss, tuple(temp.values())), strict=True))
+        query_grads, query_loss = self.value_and_grad(temp, task.query_x, task.query_y)
+        g = dict(zip(temp, query_grads, strict=True))
         if self.hessian_free:
 
             def support_fn(p: Params) -> Tensor:
@@ -118,3 +118,4 @@ class PerFedAvgHF(PerFedAvgFO):
     """
 
     hessian_free: ClassVar[bool] = True
+    supports_example_dp: ClassVar[bool] = False  # its Hessian-vector products touch data too

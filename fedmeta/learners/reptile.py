@@ -61,6 +61,8 @@ class Reptile(Learner):
     (a fresh optimizer for each local update); only :meth:`task_gradient` is defined here.
     """
 
+    supports_example_dp = True
+
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         """The negated Reptile direction ``w - phi`` of one task, and the pooled loss at ``phi``.
 

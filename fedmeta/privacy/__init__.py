@@ -1,0 +1,1 @@
+"""Privacy: options, accounting, DP-SGD and the membership-inference audit."""

@@ -1,0 +1,100 @@
+"""Example-level DP inside a client: DP-SGD in the first-order learners.
+
+Abadi et al. (2016), "Deep Learning with Differential Privacy", CCS: every gradient the local
+update takes on data is replaced by the mean of per-example gradients, each clipped to L2 norm
+``C``, plus ``N(0, (z C)^2)`` noise on their sum. Applied to the local training of a federated
+meta-learner, this is the "task-global" DP of Li, Khodak, Caldas and Talwalkar (2020),
+"Differentially Private Meta-Learning", ICLR: each example of a hospital is protected from
+everyone who sees the hospital's released update (server and other hospitals), while the
+hospital's own adapted model need not be private.
+
+:func:`make_private` wraps a learner that declares ``supports_example_dp`` (all its data
+gradients are first-order :meth:`~fedmeta.learners.base.Learner.value_and_grad` calls) with
+:class:`DPSGD`, which overrides only that method and the local update's bookkeeping. The
+client's own privacy ledger (one entry per batch size, sampling rate ``batch / examples``)
+lives in its Flower ``context.state`` and its epsilon is reported as ``example-epsilon``.
+Per-example gradients come from ``torch.func.vmap`` over single examples, which is exact only
+without BatchNorm (the scenario check rejects BatchNorm).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedmeta.learners.base import LocalContext, Params
+from fedmeta.privacy.accounting import epsilon
+from fedmeta.privacy.options import PrivacyOptions
+
+LEDGER = "dp-sgd-ledger"
+"""Key of the client's DP-SGD history in its persistent state: rows ``(z, q, steps)``."""
+
+
+def clipped_noisy_mean(per_example: list[Tensor], clip: float, noise: float) -> list[Tensor]:
+    """``(sum_i g_i min(1, C / ||g_i||) + N(0, (z C)^2)) / B`` for per-example gradients
+    stacked along dim 0 (the norm of ``g_i`` is taken over all tensors together)."""
+    batch = per_example[0].shape[0]
+    sq = sum(g.reshape(batch, -1).pow(2).sum(1) for g in per_example)
+    factor = (clip / (sq.sqrt() + 1e-12)).clamp(max=1.0)
+    out = []
+    for g in per_example:
+        total = torch.einsum("b,b...->...", factor, g)
+        out.append((total + noise * clip * torch.randn_like(total)) / batch)
+    return out
+
+
+class DPSGD:
+    """Mixin placed in front of a learner class (see :func:`make_private`)."""
+
+    dp_clip: float
+    dp_noise: float
+    dp_steps: Counter
+
+    def value_and_grad(
+        self, params: Params, x: Tensor, y: Tensor, create_graph: bool = False
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        if create_graph:
+            raise RuntimeError("DP-SGD gradients are first-order only")
+        fixed = {k: v.detach() for k, v in params.items()}
+
+        def one(p: Params, xi: Tensor, yi: Tensor) -> Tensor:
+            return self.loss_fn(functional_call(self.model, p, (xi[None],)), yi[None])
+
+        grads, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0))(fixed, x, y)
+        private = clipped_noisy_mean([grads[k] for k in params], self.dp_clip, self.dp_noise)
+        self.dp_steps[len(x)] += 1
+        return tuple(private), losses.mean()
+
+    def local_update(self, params, sample_tasks, ctx: LocalContext | None = None):
+        if ctx is None or ctx.examples <= 0:
+            raise ValueError("DP-SGD needs the client's example count (LocalContext.examples)")
+        self.dp_steps = Counter()
+        new_params, metrics = super().local_update(params, sample_tasks, ctx)  # type: ignore[misc]
+        rows = [
+            (self.dp_noise, min(1.0, batch / ctx.examples), float(n))
+            for batch, n in sorted(self.dp_steps.items())
+        ]
+        old = ctx.state.get(LEDGER, {}).get("rows")
+        table = torch.tensor(rows, dtype=torch.float64).reshape(-1, 3)
+        if old is not None:
+            table = torch.cat([old.to(table), table])
+        ctx.state[LEDGER] = {"rows": table}
+        history = [(z, q, int(n)) for z, q, n in table.tolist()]
+        metrics["example-epsilon"] = epsilon(history, self.dp_delta)
+        metrics["dp-sgd-steps"] = float(sum(self.dp_steps.values()))
+        return new_params, metrics
+
+
+def make_private(learner, options: PrivacyOptions):
+    """``learner`` (an instance) as a DP-SGD learner with the scenario's settings."""
+    cls = type(f"DPSGD{type(learner).__name__}", (DPSGD, type(learner)), {})
+    private = cls.__new__(cls)
+    private.__dict__.update(learner.__dict__)
+    private.dp_clip = options.example_clipping_norm
+    private.dp_noise = float(options.example_noise_multiplier or 0.0)
+    private.dp_delta = options.delta
+    private.dp_steps = Counter()
+    return private

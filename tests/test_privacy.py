@@ -1,0 +1,226 @@
+"""Privacy: accounting against opacus, DP wrappers, DP-SGD, SecAgg+, the audit, bad settings."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from fedmeta.cli import run_cli
+from fedmeta.config import scenario_from_dict
+from fedmeta.errors import FedmetaError
+from fedmeta.experiment import build_experiment
+from fedmeta.learners.base import LocalContext
+from fedmeta.privacy.accounting import epsilon, noise_for_epsilon
+from fedmeta.privacy.audit import roc_auc, tpr_at_fpr
+from fedmeta.privacy.dpsgd import LEDGER, clipped_noisy_mean
+from fedmeta.results import RunDir
+
+
+class _Quiet:
+    def start(self, *a): ...
+    def update(self, *a): ...
+    def finish(self): ...
+
+
+def _simulate(raw: dict) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
+    from fedmeta.simulation import simulate
+
+    with tempfile.TemporaryDirectory() as d:
+        summary = simulate(scenario_from_dict(raw), RunDir(d), _Quiet())
+        final = torch.load(f"{d}/final.pt")
+        records = RunDir(d).read_metrics()
+    return summary, final, records
+
+
+def _opacus_epsilon(z: float, q: float, steps: int, delta: float) -> float:
+    acc = RDPAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=z, sample_rate=q)
+    return acc.get_epsilon(delta=delta)
+
+
+# -- accounting ------------------------------------------------------------------------------
+
+
+def test_epsilon_matches_opacus_stepwise_accountant():
+    for z, q, steps in ((1.1, 0.5, 2), (0.8, 0.1, 30), (2.0, 1.0, 5)):
+        ours = epsilon([(z, q, steps)], 1e-5)
+        assert ours == pytest.approx(_opacus_epsilon(z, q, steps, 1e-5), rel=1e-9)
+    assert epsilon([(0.0, 0.1, 3)], 1e-5) == math.inf
+    assert epsilon([], 1e-5) == 0.0
+
+
+def test_target_epsilon_noise_meets_the_target():
+    z = noise_for_epsilon(4.0, 1e-5, 0.1, 30)
+    spent = epsilon([(z, 0.1, 30)], 1e-5)
+    assert 3.9 < spent <= 4.0 + 1e-9  # within opacus' tolerance, never above the budget
+    assert noise_for_epsilon(math.inf, 1e-5, 0.1, 30) == 0.0
+    assert noise_for_epsilon(1.0, 1e-5, 0.1, 30) > z  # less budget, more noise
+
+
+# -- DP-SGD ----------------------------------------------------------------------------------
+
+
+def test_clipped_noisy_mean_clips_each_example():
+    g = [torch.tensor([[3.0, 4.0], [0.3, 0.4]]), torch.zeros(2, 1)]
+    out = clipped_noisy_mean(g, clip=1.0, noise=0.0)
+    # first example (norm 5) is scaled to norm 1, second (norm 0.5) is kept
+    torch.testing.assert_close(out[0], torch.tensor([(0.6 + 0.3) / 2, (0.8 + 0.4) / 2]))
+    big = clipped_noisy_mean(g, clip=100.0, noise=0.0)
+    torch.testing.assert_close(big[0], g[0].mean(0))
+    torch.manual_seed(0)
+    noisy = clipped_noisy_mean(g, clip=1.0, noise=1.0)
+    assert not torch.allclose(noisy[0], out[0])
+
+
+def _dp_raw(tiny_raw: dict, **privacy) -> dict:
+    tiny_raw["model"] = {"name": "conv4", "width": 8, "norm": "group"}
+    tiny_raw["privacy"] = {"example-noise-multiplier": 1.0, "example-clipping-norm": 0.5, **privacy}
+    return tiny_raw
+
+
+def test_dpsgd_gradient_equals_the_plain_mean_without_noise_or_clipping(tiny_raw):
+    raw = _dp_raw(tiny_raw, **{"example-noise-multiplier": 0.0, "example-clipping-norm": 1e6})
+    exp = build_experiment(scenario_from_dict(raw))
+    params = {k: v.requires_grad_(True) for k, v in exp.initial_params().items()}
+    task = exp.train_sampler(0, 1)(1)[0]
+    plain, loss = exp.learner.value_and_grad(params, task.query_x, task.query_y)
+    private, ploss = exp.local_learner.value_and_grad(params, task.query_x, task.query_y)
+    assert float(ploss.detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
+    for a, b in zip(plain, private, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dpsgd_local_update_accounts_every_private_step(tiny_raw):
+    exp = build_experiment(scenario_from_dict(_dp_raw(tiny_raw)))
+    assert exp.local_learner is not exp.learner  # held-out clients adapt without noise
+    examples = exp.layout.shard(0).size
+    ctx = LocalContext(examples=examples)
+    _, metrics = exp.local_learner.local_update(exp.initial_params(), exp.train_sampler(0, 1), ctx)
+    rows = ctx.state[LEDGER]["rows"].tolist()
+    # FOMAML: 2 local steps x 2 tasks x (1 support step on 3 examples + 1 query step on 6)
+    assert sorted((q * examples, n) for _, q, n in rows) == [(3.0, 4.0), (6.0, 4.0)]
+    acc = RDPAccountant()
+    for z, q, n in rows:
+        for _ in range(int(n)):
+            acc.step(noise_multiplier=z, sample_rate=q)
+    assert metrics["example-epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+    # a second round adds to the same client's ledger
+    _, again = exp.local_learner.local_update(exp.initial_params(), exp.train_sampler(0, 2), ctx)
+    assert len(ctx.state[LEDGER]["rows"]) == 4
+    assert again["example-epsilon"] > metrics["example-epsilon"]
+
+
+# -- the audit -------------------------------------------------------------------------------
+
+
+def test_attack_metrics():
+    members, outsiders = np.arange(100.0, 200.0), np.arange(0.0, 100.0)
+    assert roc_auc(members, outsiders) == 1.0 and roc_auc(outsiders, members) == 0.0
+    same = np.zeros(50)
+    assert roc_auc(same, same) == 0.5
+    assert tpr_at_fpr(members, outsiders) == 1.0
+    assert tpr_at_fpr(outsiders, members) == 0.0
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=4000), rng.normal(size=4000)
+    assert abs(roc_auc(a, b) - 0.5) < 0.03 and tpr_at_fpr(a, b) < 0.03
+
+
+# -- bad settings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("privacy", "extra", "needle"),
+    [
+        ({"central": "server-fixed", "noise-multiplier": -1.0}, {}, "noise-multiplier = -1.0"),
+        ({"central": "server-fixed", "noise-multiplier": 1.0, "delta": 1.0}, {}, "delta = 1.0"),
+        ({"central": "server-fixed", "target-epsilon": -2.0}, {}, "target-epsilon"),
+        ({"central": "server-fixed"}, {}, "exactly one of noise-multiplier"),
+        ({"noise-multiplier": 1.0}, {}, "need central DP"),
+        ({"secure-aggregation": True}, {}, "at least 3 clients per round"),
+        ({"example-noise-multiplier": 1.0}, {"learner": {"name": "maml"}}, "first-order learner"),
+        ({"example-noise-multiplier": 1.0}, {}, "model.norm"),
+        (
+            {"central": "server-fixed", "noise-multiplier": 1.0},
+            {"strategy": {"name": "fedmedian"}},
+            "does not aggregate by a mean",
+        ),
+        (
+            {"central": "server-fixed", "noise-multiplier": 1.0, "secure-aggregation": True},
+            {"train": {"rounds": 2, "fraction": 1.0}},
+            "client-fixed",
+        ),
+        (
+            {"central": "client-fixed", "noise-multiplier": 1.0},
+            {"train": {"dropout": 0.2}},
+            "dropout",
+        ),
+        ({"centrel": "server-fixed"}, {}, "did you mean 'central'"),
+    ],
+)
+def test_bad_privacy_settings_fail_with_one_line(tiny_raw, privacy, extra, needle):
+    tiny_raw.update(extra)
+    tiny_raw["privacy"] = privacy
+    with pytest.raises(FedmetaError, match=None) as err:
+        scenario_from_dict(tiny_raw)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_privacy_setting_exits_2_from_the_cli(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text('[privacy]\ncentral = "server-fixed"\nnoise-multiplier = -0.5\n')
+    assert run_cli(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "noise-multiplier = -0.5" in err and "Traceback" not in err
+
+
+# -- simulations -----------------------------------------------------------------------------
+
+
+def _one_round(tiny_raw: dict, privacy: dict | None = None) -> dict:
+    raw = {**tiny_raw, "train": {"rounds": 1, "fraction": 0.75}}
+    raw["evaluation"] = {"every": 1, "tasks-per-client": 2, "at-start": False}
+    if privacy:
+        raw["privacy"] = privacy
+    return raw
+
+
+def test_secure_aggregation_equals_the_plain_aggregate(tiny_raw):
+    """SecAgg+ over 3 clients: Flower's protocol (masks, Shamir shares, quantization) runs in
+    the simulation and yields FedAvg's weighted mean up to the quantization step."""
+    _, plain, _ = _simulate(_one_round(tiny_raw))
+    summary, secure, _ = _simulate(_one_round(tiny_raw, {"secure-aggregation": True}))
+    start = build_experiment(scenario_from_dict(_one_round(tiny_raw))).initial_params()
+    moved = max(float((plain[k] - start[k]).abs().max()) for k in plain)
+    gap = max(float((plain[k] - secure[k]).abs().max()) for k in plain)
+    assert moved > 1e-3  # the round did train
+    assert 0 < gap < 1e-4  # SecAgg+ quantizes (step 16 / 2**22), so it is never exact
+    assert summary["rounds"] == 1
+
+
+def test_central_dp_clips_and_accounts_like_opacus(tiny_raw):
+    """Server-side fixed clipping with a tiny norm bounds the round's update; the epsilon the
+    run reports after every round equals opacus' accountant computed independently."""
+    dp = {"central": "server-fixed", "noise-multiplier": 0.0, "clipping-norm": 1e-3}
+    raw = _one_round(tiny_raw, dp)
+    _, clipped, _ = _simulate(raw)
+    start = build_experiment(scenario_from_dict(raw)).initial_params()
+    step = math.sqrt(sum(float((clipped[k] - start[k]).pow(2).sum()) for k in clipped))
+    assert 0 < step <= 1e-3 + 1e-6
+
+    raw = {**tiny_raw, "train": {"rounds": 2, "fraction": 0.5}}
+    raw["privacy"] = {"central": "client-fixed", "noise-multiplier": 1.3, "delta": 1e-4}
+    summary, first, records = _simulate(raw)
+    p = summary["privacy"]
+    assert p["epsilon"] == pytest.approx(_opacus_epsilon(1.3, 0.5, 2, 1e-4), rel=1e-9)
+    per_round = {r["round"]: r["value"] for r in records if r["metric"] == "epsilon"}
+    assert per_round[1] == pytest.approx(_opacus_epsilon(1.3, 0.5, 1, 1e-4), rel=1e-9)
+    assert per_round[1] < per_round[2] == pytest.approx(p["epsilon"])
+    _, second, _ = _simulate(raw)  # the noise is seeded: same scenario, same weights
+    for k in first:
+        assert torch.equal(first[k], second[k])
