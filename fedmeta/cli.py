@@ -45,6 +45,11 @@ def _fmt(summary: dict) -> str:
             f"privacy: epsilon {p['epsilon']:.3g} at delta {p['delta']:g} ({p['central']} DP, "
             f"noise multiplier {p['noise-multiplier']:.3g}, {p['accountant']} accountant)"
         )
+    if "local-epsilon-per-reply" in p:
+        lines.append(
+            f"privacy: local DP, each reply ({p['local-epsilon-per-reply']:g}, "
+            f"{p['local-delta']:g})-DP on its own (Gaussian mechanism, LocalDpMod)"
+        )
     if "example-epsilon" in p:
         lines.append(f"privacy: example-level (DP-SGD) epsilon {p['example-epsilon']:.3g}")
     if "audit" in summary:

@@ -152,50 +152,98 @@ def plot_by_client(cells: list[CellResult], out: Path, title: str) -> Path:
     return _finish(fig, ax, out, "strategy", "held-out client query-acc-post", title)
 
 
+Value = Callable[[CellResult], "tuple[float, float] | None"]
+"""``value(cell) -> (final value, its 95% CI over tasks)``, or ``None`` when the cell lacks it."""
+
+
+def _final_heldout(metric: str) -> Value:
+    def value(c: CellResult) -> tuple[float, float] | None:
+        v = c.final(metric)
+        return None if v is None else (v, c.summary["heldout"].get(f"{metric}-ci95", math.nan))
+
+    return value
+
+
+def _audit(metric: str) -> Value:
+    def value(c: CellResult) -> tuple[float, float] | None:
+        v = (c.summary or {}).get("audit", {}).get(metric)
+        return None if v is None else (v, math.nan)
+
+    return value
+
+
+def _x_positions(values: list[Any]) -> tuple[dict[Any, float], bool, list[str] | None]:
+    """Where each swept value goes on the x axis, whether the axis is logarithmic, and tick
+    labels when the axis is not the values themselves. ``inf`` (e.g. "no noise") is drawn
+    one decade (or one step) beyond the largest finite value and labelled ``inf``."""
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return {v: float(i) for i, v in enumerate(values)}, False, [str(v) for v in values]
+    finite = [v for v in values if math.isfinite(v)]
+    log = bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= 50
+    far = (max(finite) * (10 if log else 1) + (0 if log else max(1.0, np.ptp(finite) / 4))
+           if finite else 1.0)
+    pos = {v: float(v) if math.isfinite(v) else far for v in values}
+    labels = None if all(math.isfinite(v) for v in values) else [
+        "inf" if not math.isfinite(v) else f"{v:g}" for v in values
+    ]
+    return pos, log, labels
+
+
 def plot_sweep(
-    cells: list[CellResult], params: dict[str, list[Any]], out: Path, title: str
+    cells: list[CellResult],
+    params: dict[str, list[Any]],
+    out: Path,
+    title: str,
+    value: Value | None = None,
+    ylabel: str | None = None,
+    reference: tuple[float, str] | None = None,
 ) -> Path:
-    """Final held-out accuracy after adaptation against the first swept parameter, one line per
-    strategy (and per value of a second parameter)."""
+    """A final value against the first swept parameter, one line per strategy (and per value
+    of a second parameter). By default the value is the held-out accuracy after adaptation
+    (the loss for regression). ``reference`` draws a dotted horizontal line with a label."""
     keys = list(params)
     x_key = keys[0]
     done = [c for c in cells if c.summary is not None]
-    metric = (
-        "query-acc-post"
-        if any(c.final("query-acc-post") is not None for c in done)
-        else ("query-loss-post")
-    )
-    numeric = all(isinstance(v, int | float) for v in params[x_key])
+    if value is None:
+        metric = (
+            "query-acc-post"
+            if any(c.final("query-acc-post") is not None for c in done)
+            else "query-loss-post"
+        )
+        value, ylabel = _final_heldout(metric), f"final held-out {metric}"
+    pos, log, labels = _x_positions(params[x_key])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines: dict[str, list[CellResult]] = {}
     for c in done:
         rest = ", ".join(f"{k.split('.')[-1]}={c.params[k]}" for k in keys[1:])
         lines.setdefault(f"{c.strategy} ({rest})" if rest else c.strategy, []).append(c)
-    order = {v: i for i, v in enumerate(params[x_key])}
     for label, group in lines.items():
 
         def points(c: CellResult) -> dict[Any, tuple[float, float, float]]:
-            x = c.params[x_key] if numeric else order[c.params[x_key]]
-            ci = c.summary["heldout"].get(f"{metric}-ci95", math.nan)
-            return {x: (x, c.final(metric), ci)}
+            got = value(c)
+            x = pos[c.params[x_key]]
+            return {} if got is None else {x: (x, got[0], got[1])}
 
         by_x: dict[Any, list[CellResult]] = {}
         for c in group:
-            by_x.setdefault(next(iter(points(c))), []).append(c)
+            for x in points(c):
+                by_x.setdefault(x, []).append(c)
         xs, ms, cis = [], [], []
         for x in sorted(by_x):
             _, m, h = _series(by_x[x], points)
             xs.append(x)
             ms.append(m[0])
             cis.append(h[0])
-        _draw(ax, label, np.array(xs), np.array(ms), np.array(cis))
-    if numeric:
-        vals = [v for v in params[x_key] if v > 0]
-        if len(vals) == len(params[x_key]) and max(vals) / min(vals) >= 50:
-            ax.set_xscale("log")
-    else:
-        ax.set_xticks(range(len(order)), [str(v) for v in order])
-    return _finish(fig, ax, out, x_key, f"final held-out {metric}", title)
+        if xs:
+            _draw(ax, label, np.array(xs), np.array(ms), np.array(cis))
+    if reference is not None:
+        ax.axhline(reference[0], ls=":", color="0.3", label=reference[1])
+    if log:
+        ax.set_xscale("log")
+    if labels is not None:
+        ax.set_xticks([pos[v] for v in params[x_key]], labels)
+        ax.minorticks_off()
+    return _finish(fig, ax, out, x_key, ylabel or "", title)
 
 
 def plot_study(out: Path, manifest: dict[str, Any], cells: list[CellResult]) -> list[Path]:
@@ -215,4 +263,27 @@ def plot_study(out: Path, manifest: dict[str, Any], cells: list[CellResult]) -> 
         made.append(
             plot_sweep(cells, manifest["params"], out / "sweep.png", f"{name}: sweep ({band})")
         )
+        if any("audit" in (c.summary or {}) for c in cells):
+            made.append(plot_sweep_audit(cells, manifest["params"], out / "sweep_audit.png", name))
     return made
+
+
+def plot_sweep_audit(
+    cells: list[CellResult], params: dict[str, list[Any]], out: Path, name: str
+) -> Path:
+    """Membership-inference AUC of both attacks (:mod:`fedmeta.privacy.audit`) against the
+    first swept parameter; one line per strategy and attack."""
+    per_attack = [
+        CellResult(f"{c.strategy}, {attack}", c.seed, c.params, c.records, c.summary, c.adapt)
+        for attack in ("loss", "calibrated")
+        for c in cells
+    ]
+    return plot_sweep(
+        per_attack,
+        params,
+        out,
+        f"{name}: membership inference on the final meta-parameters",
+        value=lambda c: _audit(f"{c.strategy.rsplit(', ', 1)[1]}-auc")(c),
+        ylabel="attack AUC (loss / calibrated attack)",
+        reference=(0.5, "chance"),
+    )

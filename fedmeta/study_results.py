@@ -154,6 +154,9 @@ def comparison_table(manifest: dict[str, Any], cells: list[CellResult]) -> str:
         "wall min",
         "MB communicated",
     ]
+    private = any("privacy" in (c.summary or {}) for c in cells)
+    audited = any("audit" in (c.summary or {}) for c in cells)
+    header += ["epsilon spent"] * private + ["attack AUC: loss / calibrated"] * audited
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, group in groups.items():
         post = [c.final("query-acc-post") for c in group]
@@ -185,8 +188,30 @@ def comparison_table(manifest: dict[str, Any], cells: list[CellResult]) -> str:
             f"{wall:.1f}",
             f"{mb:.1f}",
         ]
+        if private:
+            row.append(_privacy_cell(group))
+        if audited:
+            row.append(_audit_cell(group))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _privacy_cell(group: list[CellResult]) -> str:
+    """Central epsilon (the same for every seed of a point), and DP-SGD's largest."""
+    p = group[0].summary.get("privacy", {})
+    parts = [f"{p['epsilon']:.3g}"] if "epsilon" in p else []
+    if "example-epsilon" in p:
+        parts.append(f"examples: {max(c.summary['privacy']['example-epsilon'] for c in group):.3g}")
+    return ", ".join(parts) or "-"
+
+
+def _audit_cell(group: list[CellResult]) -> str:
+    audits = [c.summary["audit"] for c in group if "audit" in c.summary]
+    if not audits:
+        return "-"
+    loss = np.mean([a["loss-auc"] for a in audits])
+    calibrated = np.mean([a["calibrated-auc"] for a in audits])
+    return f"{loss:.3f} / {calibrated:.3f}"
 
 
 def write_table(out: Path, manifest: dict[str, Any], cells: list[CellResult]) -> str:

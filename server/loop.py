@@ -217,6 +217,12 @@ def summarize(
     heldout = {k: v for k, v in latest.items() if not k.endswith("-per-client")}
     if sc.privacy.example_noise_multiplier is not None:
         privacy = {**privacy, "example-epsilon": state.get("example-epsilon", 0.0)}
+    if sc.privacy.local_epsilon is not None:  # LocalDpMod: each reply is (eps, delta)-DP alone
+        privacy = {
+            **privacy,
+            "local-epsilon-per-reply": sc.privacy.local_epsilon,
+            "local-delta": sc.privacy.local_delta,
+        }
     if sc.privacy.active:
         privacy = {"delta": sc.privacy.delta, **privacy}
     return {

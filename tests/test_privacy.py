@@ -224,3 +224,44 @@ def test_central_dp_clips_and_accounts_like_opacus(tiny_raw):
     _, second, _ = _simulate(raw)  # the noise is seeded: same scenario, same weights
     for k in first:
         assert torch.equal(first[k], second[k])
+
+
+# -- the epsilon sweep's plots and table -------------------------------------------------------
+
+
+def _fake_cells():
+    from fedmeta.study_results import CellResult
+
+    cells = []
+    for strategy, base in (("fomaml", 0.8), ("fedreptile", 0.7)):
+        for i, eps in enumerate((math.inf, 4.0, 1.0)):
+            summary = {
+                "heldout": {"query-acc-post": base - 0.1 * i, "query-acc-post-ci95": 0.01,
+                            "query-acc-pre": 0.2, "query-acc-pre-ci95": 0.01},
+                "wall-seconds": 60.0,
+                "mb-communicated": 1.0,
+                "privacy": {"epsilon": eps, "delta": 1e-5},
+                "audit": {"loss-auc": 0.6 - 0.04 * i, "calibrated-auc": 0.55 - 0.02 * i},
+            }
+            point = {"privacy.target-epsilon": eps}
+            cells.append(CellResult(strategy, 0, point, [], summary, None))
+    return cells
+
+
+def test_sweep_over_epsilon_plots_inf_and_the_attack_auc(tmp_path):
+    from fedmeta.study_plots import _x_positions, plot_sweep, plot_sweep_audit
+    from fedmeta.study_results import comparison_table
+    from tests.test_study import _has_data_pixels
+
+    pos, log, labels = _x_positions([math.inf, 8.0, 4.0, 2.0, 1.0])
+    assert not log and labels == ["inf", "8", "4", "2", "1"]
+    assert pos[math.inf] > pos[8.0] > pos[1.0]
+    params = {"privacy.target-epsilon": [math.inf, 4.0, 1.0]}
+    cells = _fake_cells()
+    for path in (
+        plot_sweep(cells, params, tmp_path / "sweep.png", "accuracy"),
+        plot_sweep_audit(cells, params, tmp_path / "sweep_audit.png", "audit"),
+    ):
+        assert _has_data_pixels(path)
+    table = comparison_table({"target": 0.9, "params": params}, cells)
+    assert "epsilon spent" in table and "| 0.600 / 0.550 |" in table and "| inf |" in table
