@@ -33,12 +33,12 @@ def _experiment(msg: Message) -> Experiment:
     return experiment_from_json(str(msg.content["config"]["scenario"]))
 
 
-def _seed_numpy(exp: Experiment, msg: Message, context: Context) -> None:
+def _seed_numpy(exp: Experiment, config: ConfigRecord, context: Context, *keys: int) -> None:
     """Seed numpy's global generator (which Flower's DP and SecAgg+ code draws from) per
-    scenario seed, round and client, so private runs are reproducible."""
-    rnd = int(msg.content["config"]["server-round"])
+    scenario seed, round, client and ``keys``, so private runs are reproducible."""
+    rnd = int(config["server-round"])
     pid = int(context.node_config["partition-id"])
-    np.random.seed(rng_for(exp.scenario.seed, NOISE, rnd, pid).integers(2**32))
+    np.random.seed(rng_for(exp.scenario.seed, NOISE, rnd, pid, *keys).integers(2**32))
 
 
 def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -83,7 +83,7 @@ def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     chain = _privacy_chain(exp.scenario.privacy)
     if not chain:
         return call_next(msg, context)
-    _seed_numpy(exp, msg, context)
+    _seed_numpy(exp, msg.content["config"], context)
     handler = call_next
     for mod in reversed(chain):
         handler = functools.partial(mod, call_next=handler)
@@ -142,11 +142,7 @@ def secure_aggregation_mod(
     (stochastic rounding in the quantizer) is seeded for reproducibility."""
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
-    if "fitins.config" in msg.content.config_records:
+    if "fitins.config" in msg.content.config_records:  # the stage that quantizes
         config = msg.content.config_records["fitins.config"]
-        exp = experiment_from_json(str(config["scenario"]))
-        pid = int(context.node_config["partition-id"])
-        np.random.seed(
-            rng_for(exp.scenario.seed, NOISE, int(config["server-round"]), pid, 1).integers(2**32)
-        )
+        _seed_numpy(experiment_from_json(str(config["scenario"])), config, context, 1)
     return secaggplus_mod(msg, context, _legacy_step(call_next))

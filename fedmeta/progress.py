@@ -1,4 +1,5 @@
-"""Live progress for ``fedmeta run``: round, clients, latest held-out accuracy and ETA."""
+"""Live progress for ``fedmeta run``: round, clients, latest held-out accuracy, the epsilon
+spent (private runs) and ETA."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ class RichProgress:
             )
         elif "query-loss-post" in latest:
             parts.append(f"held-out loss {latest['query-loss-post']:.3f} (r{latest['round']})")
+        if "epsilon" in info:
+            parts.append(f"epsilon {info['epsilon']:.3g}")
         if self.task is None:
             wall = info.get("wall", 0.0)
             self.console.print(

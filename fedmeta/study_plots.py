@@ -8,6 +8,7 @@ training (``train.rounds = 0``, e.g. ``local-only``) is drawn as a dashed horizo
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from cycler import cycler  # noqa: E402
 
 from fedmeta.study_results import CellResult, mean_ci_seeds  # noqa: E402
 
@@ -57,6 +59,17 @@ def _series(group: list[CellResult], points: Points) -> tuple[np.ndarray, ...]:
     return np.array(xs), np.array(mean), np.array(ci)
 
 
+LINE_STYLES = cycler(linestyle=["-", "--", ":"]) * cycler(color=plt.get_cmap("tab10").colors)
+"""Ten colours, then the same colours dashed, then dotted: 30 distinguishable lines (a full
+comparison has 11 strategies; a sweep of the audit, two attacks per strategy)."""
+
+
+def _axes(width: float = 7.0) -> tuple[Any, Any]:
+    fig, ax = plt.subplots(figsize=(width, 4.5))
+    ax.set_prop_cycle(LINE_STYLES)
+    return fig, ax
+
+
 def _draw(ax, label: str, x, mean, ci, xspan: tuple[float, float] | None = None) -> None:
     if len(x) == 1 and xspan is not None:  # evaluated once: a flat reference line
         ax.hlines(mean[0], *xspan, linestyles="--", colors="0.4", label=f"{label} (no training)")
@@ -72,7 +85,7 @@ def _finish(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> Path:
         ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -97,7 +110,7 @@ def _metric(cells: list[CellResult]) -> str:
 
 def plot_vs_round(cells: list[CellResult], out: Path, title: str) -> Path:
     metric = _metric(cells)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     last = max((r for c in cells for r, _ in c.curve(metric)), default=1)
     for label, group in _groups(cells).items():
         x, m, ci = _series(group, _heldout_points(metric, lambda c, r: r))
@@ -107,7 +120,7 @@ def plot_vs_round(cells: list[CellResult], out: Path, title: str) -> Path:
 
 def plot_vs_mb(cells: list[CellResult], out: Path, title: str) -> Path:
     metric = _metric(cells)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
 
     def mb(c: CellResult, rnd: int) -> float:
         return c.system("bytes-communicated").get(rnd, 0.0) / 2**20
@@ -122,7 +135,7 @@ def plot_vs_mb(cells: list[CellResult], out: Path, title: str) -> Path:
 
 
 def plot_vs_adapt_steps(cells: list[CellResult], out: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     ylabel = "held-out query accuracy"
     for label, group in _groups([c for c in cells if c.adapt]).items():
         ylabel = f"held-out {group[0].adapt['metric']}"
@@ -138,7 +151,7 @@ def plot_vs_adapt_steps(cells: list[CellResult], out: Path, title: str) -> Path:
 def plot_by_client(cells: list[CellResult], out: Path, title: str) -> Path:
     """Per held-out client accuracy after adaptation at the last evaluation (seeds pooled)."""
     groups = _groups(cells)
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups) + 2), 4.5))
+    fig, ax = _axes(max(6, 0.8 * len(groups) + 2))
     data = [[v for c in g for v in c.per_client()] for g in groups.values()]
     labels = list(groups)
     keep = [i for i, d in enumerate(data) if d]
@@ -212,7 +225,7 @@ def plot_sweep(
         )
         value, ylabel = _final_heldout(metric), f"final held-out {metric}"
     pos, log, labels = _x_positions(params[x_key])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     lines: dict[str, list[CellResult]] = {}
     for c in done:
         rest = ", ".join(f"{k.split('.')[-1]}={c.params[k]}" for k in keys[1:])

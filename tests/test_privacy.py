@@ -265,3 +265,25 @@ def test_sweep_over_epsilon_plots_inf_and_the_attack_auc(tmp_path):
         assert _has_data_pixels(path)
     table = comparison_table({"target": 0.9, "params": params}, cells)
     assert "epsilon spent" in table and "| 0.600 / 0.550 |" in table and "| inf |" in table
+
+
+def test_audit_command_on_a_saved_run(tmp_path, tiny_raw, capsys):
+    import json
+
+    import tomli_w
+
+    scenario = scenario_from_dict(tiny_raw)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "scenario.toml").write_text(tomli_w.dumps(scenario.to_toml()))
+    exp = build_experiment(scenario)
+    torch.save(exp.initial_params(), run / "final.pt")
+    assert run_cli(["audit", str(run), "--tasks", "2"]) == 0
+    audit = json.loads((run / "audit.json").read_text())
+    # 2 held-out clients x 2 tasks x 3 classes x 2 queries on each side
+    assert audit["members"] == audit["nonmembers"] == 24
+    assert 0 <= audit["loss-auc"] <= 1 and 0 <= audit["calibrated-tpr-at-1pct-fpr"] <= 1
+    # the final parameters are the initial ones: the calibrated attack sees no difference
+    assert audit["calibrated-auc"] == 0.5
+    assert "membership inference" in capsys.readouterr().out
+    assert run_cli(["audit", str(tmp_path)]) == 2
