@@ -69,11 +69,11 @@ def train(msg: Message, context: Context) -> Message:
     params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
     config = msg.content["config"]
     sample = exp.train_sampler(pid, int(config["server-round"]))
-    examples = exp.layout.shard(pid).size
+    examples = exp.shard(pid).size
     ctx = LocalContext(
         proximal_mu=float(config["proximal-mu"]) if "proximal-mu" in config else 0.0,
         state={k: exp.to_device(v) for k, v in _load_state(context).items()},
-        examples=examples,
+        sample_rate=exp.sampler(pid).inclusion_probability(),
     )
     new_params, metrics = exp.local_learner.local_update(params, sample, ctx)
     _save_state(context, ctx.state)

@@ -11,17 +11,19 @@ import functools
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedmeta.adversary import ADVERSARY, attack_weights
 from fedmeta.experiment import TRAIN, Experiment, experiment_from_json, rng_for
-from fedmeta.privacy.options import PrivacyOptions
+from fedmeta.privacy.dpsgd import REPORTED
+from fedmeta.privacy.options import UNIT_WEIGHT, PrivacyOptions
 
 NOISE = 6
 """Random-stream key of the noise Flower's client mods draw from numpy's global generator."""
@@ -64,30 +66,40 @@ def _privacy_chain(options: PrivacyOptions) -> tuple:
     if options.central in CLIPPING_MODS:
         chain.append(CLIPPING_MODS[options.central])
     if options.local_epsilon is not None:
-        chain.append(
-            LocalDpMod(
-                options.clipping_norm,
-                options.clipping_norm,
-                options.local_epsilon,
-                options.local_delta,
-            )
-        )
+        # any two clipped updates are at most 2 C apart: local DP's sensitivity
+        c = options.clipping_norm
+        chain.append(LocalDpMod(c, 2 * c, options.local_epsilon, options.local_delta))
     return tuple(chain)
 
 
+PUBLIC_METRICS = frozenset(
+    {"num-examples", UNIT_WEIGHT, "compute-seconds", "process-data-loads", KEY_NORM_BIT, *REPORTED}
+)
+"""Reply metrics that say nothing about a client's data (counts, timing, the clipping bit of
+adaptive clipping, DP-SGD's ledger entry). Under DP every other metric (training losses) is
+dropped: it would be released without noise or accounting."""
+
+
 def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Run Flower's client-side DP mods that the scenario's ``[privacy]`` table enables:
-    ``fixedclipping_mod``/``adaptiveclipping_mod`` for client-side clipping, ``LocalDpMod``
-    for local DP. Without them the message passes through unchanged."""
+    """Run Flower's client-side DP mods that the scenario's ``[privacy]`` table enables
+    (``fixedclipping_mod``/``adaptiveclipping_mod`` for client-side clipping, ``LocalDpMod``
+    for local DP) and, under any DP, keep only the :data:`PUBLIC_METRICS` of the reply.
+    Without DP the message passes through unchanged."""
     exp = _experiment(msg)
-    chain = _privacy_chain(exp.scenario.privacy)
-    if not chain:
+    options = exp.scenario.privacy
+    if not options.dp:
         return call_next(msg, context)
     _seed_numpy(exp, msg.content["config"], context)
     handler = call_next
-    for mod in reversed(chain):
+    for mod in reversed(_privacy_chain(options)):
         handler = functools.partial(mod, call_next=handler)
-    return handler(msg, context)
+    reply = handler(msg, context)
+    if not reply.has_error():
+        metrics = reply.content["metrics"]
+        reply.content["metrics"] = MetricRecord(
+            {k: v for k, v in metrics.items() if k in PUBLIC_METRICS}
+        )
+    return reply
 
 
 # -- secure aggregation ----------------------------------------------------------------------
@@ -117,7 +129,8 @@ def _legacy_step(call_next: ClientAppCallable) -> ClientAppCallable:
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        out = reply.content["arrays"].to_numpy_ndarrays()
+        arrays = reply.content["arrays"]
+        out = [arrays[name].numpy() for name in names]  # the order the server sent
         metrics = dict(reply.content["metrics"])
         fitres = FitRes(
             status=Status(code=Code.OK, message=""),

@@ -45,10 +45,11 @@ def _fmt(summary: dict) -> str:
             f"privacy: epsilon {p['epsilon']:.3g} at delta {p['delta']:g} ({p['central']} DP, "
             f"noise multiplier {p['noise-multiplier']:.3g}, {p['accountant']} accountant)"
         )
-    if "local-epsilon-per-reply" in p:
+    if "local-epsilon" in p:
         lines.append(
             f"privacy: local DP, each reply ({p['local-epsilon-per-reply']:g}, "
-            f"{p['local-delta']:g})-DP on its own (Gaussian mechanism, LocalDpMod)"
+            f"{p['local-delta-per-reply']:g})-DP; the busiest client ({p['local-epsilon']:.3g}, "
+            f"{p['local-delta']:.2g})-DP by basic composition"
         )
     if "example-epsilon" in p:
         lines.append(f"privacy: example-level (DP-SGD) epsilon {p['example-epsilon']:.3g}")
@@ -205,7 +206,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not (run / "final.pt").exists() or not (run / "scenario.toml").exists():
         raise FedmetaError(f"{str(run)!r} is not a finished run (no final.pt and scenario.toml)")
     overrides = [f"privacy.audit-tasks={args.tasks}"] if args.tasks else []
-    exp = build_experiment(load_scenario(run / "scenario.toml", overrides))
+    scenario = load_scenario(run / "scenario.toml", overrides)
+    if not scenario.privacy.audit:
+        raise FedmetaError(
+            f"{str(run)!r} trained on all its examples (privacy.audit = false), so there are no "
+            "non-members to audit with; rerun the scenario with --set privacy.audit=true"
+        )
+    exp = build_experiment(scenario)
     torch.set_num_threads(max(1, exp.scenario.backend.torch_threads))
     final = torch.load(run / "final.pt", map_location="cpu")
     audit = run_audit(exp, final, exp.initial_params())

@@ -78,5 +78,13 @@ class EpisodeSampler:
         )
         return self.skew(task, self.n_way, rng) if self.skew is not None else task
 
+    def inclusion_probability(self) -> float:
+        """The largest chance that one task contains a given example: its class is among the
+        ``n_way`` drawn, then it is among the ``k_shot + query`` drawn from its class. Examples
+        of classes too small to be eligible are never drawn. (DP-SGD's sampling rate.)"""
+        need = self.k_shot + self.query
+        smallest = min(len(self.shard.examples[int(c)]) for c in self.eligible)
+        return min(1.0, self.n_way / len(self.eligible) * need / smallest)
+
     def sample(self, rng: np.random.Generator, n: int) -> list[Task]:
         return [self.sample_one(rng) for _ in range(n)]

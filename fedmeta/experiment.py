@@ -24,12 +24,14 @@ from fedmeta.episodes import EpisodeSampler
 from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS, Learner
 from fedmeta.models import MODELS
-from fedmeta.partition import PARTITIONERS, Layout, build_layout
+from fedmeta.partition import PARTITIONERS, Layout, Shard, build_layout, holdout_split
 from fedmeta.privacy.dpsgd import make_private
 from fedmeta.skew import SKEW, ClientSkew
 from fedmeta.tasks import Task
 
 TRAIN, EVAL, INIT = 1, 2, 3
+AUDIT = 7
+"""Random-stream key of the audit: its held-back examples, clients and tasks."""
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
@@ -98,6 +100,23 @@ class Experiment:
     def is_heldout(self, partition_id: int) -> bool:
         return partition_id >= self.scenario.clients.train
 
+    def _audit_split(self, partition_id: int) -> tuple[Shard, Shard]:
+        rng = rng_for(self.scenario.seed, AUDIT, partition_id)
+        fraction = self.scenario.privacy.audit_holdout
+        return holdout_split(self.layout.shard(partition_id), fraction, rng)
+
+    def shard(self, partition_id: int) -> Shard:
+        """The client's data as it uses it: its layout shard, minus the examples the privacy
+        audit holds back from a training client (``privacy.audit``)."""
+        if self.scenario.privacy.audit and not self.is_heldout(partition_id):
+            return self._audit_split(partition_id)[0]
+        return self.layout.shard(partition_id)
+
+    def audit_holdout(self, partition_id: int) -> Shard:
+        """The examples of training client ``partition_id`` that never train: the audit's
+        non-members."""
+        return self._audit_split(partition_id)[1]
+
     def sampler(self, partition_id: int, query: int | None = None) -> EpisodeSampler:
         """The client's episode sampler (``query`` examples per class; default ``task.query``)."""
         t = self.scenario.task
@@ -112,7 +131,7 @@ class Experiment:
                 skew = ClientSkew.draw(self.scenario.skew, rng, held)
             self._samplers[partition_id, query] = EpisodeSampler(
                 self.source,
-                self.layout.shard(partition_id),
+                self.shard(partition_id),
                 t.n_way,
                 t.k_shot,
                 query,

@@ -40,6 +40,17 @@ class Shard:
         return int(sum(len(v) for v in self.examples.values()))
 
 
+def holdout_split(shard: Shard, fraction: float, rng: np.random.Generator) -> tuple[Shard, Shard]:
+    """``shard`` cut in two per class: the rest, and a random ``fraction`` of each class's
+    examples (rounded down, so a class of one example keeps it)."""
+    kept, held = {}, {}
+    for c, idx in sorted(shard.examples.items()):
+        perm = rng.permutation(idx)
+        h = int(fraction * len(perm))
+        kept[c], held[c] = np.sort(perm[h:]), np.sort(perm[:h])
+    return Shard(kept), Shard(held)
+
+
 @dataclass(frozen=True)
 class Layout:
     """All clients' shards: training clients first, then held-out clients."""

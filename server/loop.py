@@ -19,7 +19,7 @@ from clients.mods import NOISE
 from fedmeta.experiment import Experiment, rng_for, scenario_json
 from fedmeta.privacy.options import UNIT_WEIGHT
 from fedmeta.results import RunDir
-from server.privacy import CentralDP
+from server.privacy import Privacy
 from server.secagg import secure_round
 from server.strategies import FedMetaMixin, build_strategy
 
@@ -83,7 +83,7 @@ def make_exchange(exp: Experiment, weight_key: str):
     if not sc.privacy.secure_aggregation:
         return lambda grid, msgs: _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
     train_ids = range(sc.clients.train)
-    sizes = [exp.layout.shard(p).size for p in train_ids]
+    sizes = [exp.shard(p).size for p in train_ids]
     max_weight = 1.0 if weight_key == UNIT_WEIGHT else float(max(sizes))
 
     def secure(grid, msgs):
@@ -111,7 +111,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
     partition_of = map_partitions(grid, nodes, config, sc.train.timeout)
     weight_key = UNIT_WEIGHT if sc.privacy.central_dp else "num-examples"
     strategy: FedMetaMixin = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
-    private = CentralDP(strategy, sc)  # private.strategy: Flower's DP wrapper, or strategy
+    private = Privacy(strategy, sc)  # private.strategy: Flower's DP wrapper, or strategy
     exchange = make_exchange(exp, weight_key)
     strategy.bind(
         partition_of,
@@ -125,7 +125,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
     ckpt = run_dir.load_checkpoint()
     if ckpt is None:
         arrays = ArrayRecord(exp.initial_params())
-        state = {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0, "example-epsilon": 0.0}
+        state = {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0}
     else:
         arrays = ArrayRecord(ckpt["params"])
         strategy.load_state(ckpt["strategy"])
@@ -147,8 +147,6 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
             state["bytes"] += model_bytes * (len(msgs) + len(ok))  # down and up
             compute = [float(r.content["metrics"]["compute-seconds"]) for r in ok]
             state["compute"] += sum(compute)
-            example_eps = [float(r.content["metrics"].get("example-epsilon", 0.0)) for r in ok]
-            state["example-epsilon"] = max([state.get("example-epsilon", 0.0), *example_eps])
             np.random.seed(rng_for(sc.seed, NOISE, rnd).integers(2**32))  # Flower's DP noise
             new_arrays, train_metrics = trainer.aggregate_train(rnd, replies)
             if new_arrays is not None:
@@ -158,7 +156,7 @@ def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> di
                 "failed": len(replies) - len(ok),
                 "dropped": strategy.dropped,
                 "round-train-seconds": time.monotonic() - t_train,
-                **private.after_round(),
+                **private.after_round(ok, strategy.partition_of, new_arrays is not None),
             }
             metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}
             run_dir.append_metrics(
@@ -211,20 +209,9 @@ def summarize(
     exp: Experiment, latest: dict[str, Any], state: dict[str, Any], privacy: dict[str, Any]
 ) -> dict[str, Any]:
     """``summary.json``: the final held-out metrics with CIs, wall time, bytes and, for private
-    runs, the epsilon spent (central: accounted by the server; example-level: the largest any
-    client reported)."""
+    runs, the epsilon spent (:meth:`server.privacy.Privacy.summary`)."""
     sc = exp.scenario
     heldout = {k: v for k, v in latest.items() if not k.endswith("-per-client")}
-    if sc.privacy.example_noise_multiplier is not None:
-        privacy = {**privacy, "example-epsilon": state.get("example-epsilon", 0.0)}
-    if sc.privacy.local_epsilon is not None:  # LocalDpMod: each reply is (eps, delta)-DP alone
-        privacy = {
-            **privacy,
-            "local-epsilon-per-reply": sc.privacy.local_epsilon,
-            "local-delta": sc.privacy.local_delta,
-        }
-    if sc.privacy.active:
-        privacy = {"delta": sc.privacy.delta, **privacy}
     return {
         "name": sc.name,
         "rounds": state["round"],

@@ -11,6 +11,7 @@ scale, so the wrapped strategy weights every reply by its ``unit-weight`` (alway
 
 Accounting: one Gaussian release per round at sampling rate ``q = n / training clients``
 (:mod:`fedmeta.privacy.accounting`); ``target-epsilon`` derives ``z`` for ``train.rounds``.
+:class:`Privacy` also keeps the DP-SGD ledger of every client and counts local-DP replies.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from flwr.app import Message
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -28,6 +30,7 @@ from flwr.serverapp.strategy import (
 
 from fedmeta.config import Scenario
 from fedmeta.privacy.accounting import Ledger, noise_for_epsilon
+from fedmeta.privacy.dpsgd import REPORTED
 from fedmeta.privacy.options import PrivacyOptions
 from fedmeta.registry import Registry
 
@@ -83,58 +86,107 @@ def planned_noise(scenario: Scenario) -> float:
     return noise_for_epsilon(p.target_epsilon, p.delta, q, scenario.train.rounds, p.accountant)
 
 
-class CentralDP:
-    """The strategy the round loop trains with, and the privacy ledger of its releases.
+class Privacy:
+    """The strategy the round loop trains with, and the privacy ledgers of the run.
 
     ``strategy`` is ``inner`` itself without central DP, else Flower's wrapper around it; the
-    loop keeps using ``inner`` for sampling, evaluation and checkpoints.
+    loop keeps using ``inner`` for sampling, evaluation and checkpoints. Ledgers:
+
+    * central DP: one release per aggregated round. When only ``m`` of the ``n`` sampled
+      clients reply, the noise ``z C / n`` on a mean of ``m`` updates is a multiplier of
+      ``z m / n``, and that is what is recorded; a round the wrapper refuses to aggregate
+      releases nothing.
+    * DP-SGD: every client's own ledger, from the ``dp-sgd-*`` metrics of its replies
+      (:mod:`fedmeta.privacy.dpsgd`); the run reports the largest epsilon.
+    * local DP: how many replies each client sent (basic composition of ``LocalDpMod``).
     """
 
     def __init__(self, inner: Strategy, scenario: Scenario) -> None:
         p = scenario.privacy
         self.inner, self.options = inner, p
-        self.sample_rate = clients_per_round(scenario) / scenario.clients.train
+        self.per_round = clients_per_round(scenario)
+        self.sample_rate = self.per_round / scenario.clients.train
         self.noise = planned_noise(scenario) if p.central_dp else 0.0
         self.strategy = (
-            CENTRAL.get(p.central, key="privacy.central")(
-                inner, self.noise, p, clients_per_round(scenario)
-            )
+            CENTRAL.get(p.central, key="privacy.central")(inner, self.noise, p, self.per_round)
             if p.central_dp
             else inner
         )
         self.ledger = Ledger(p.delta, p.accountant)
+        self.examples: dict[int, Ledger] = {}
+        self.example_eps: dict[int, float] = {}
+        self.replies: dict[int, int] = {}
 
-    def after_round(self) -> dict[str, float]:
-        """Record the round's release; the metrics to log (none without central DP)."""
-        if not self.options.central_dp:
-            return {}
-        self.ledger.record(self.noise, self.sample_rate)
-        out = {"epsilon": self.ledger.epsilon(), "noise-multiplier": self.noise}
-        if hasattr(self.strategy, "clipping_norm"):
-            out["clipping-norm"] = float(self.strategy.clipping_norm)
+    def after_round(
+        self, replies: list[Message], partition_of: dict[int, int], aggregated: bool
+    ) -> dict[str, float]:
+        """Record the round's releases (``replies``: the successful ones); the metrics to log."""
+        p, out = self.options, {}
+        if p.central_dp:
+            if aggregated:
+                m = min(len(replies), self.per_round)
+                self.ledger.record(self.noise * m / self.per_round, self.sample_rate)
+            out["epsilon"] = self.ledger.epsilon()
+            out["noise-multiplier"] = self.noise
+            if hasattr(self.strategy, "clipping_norm"):
+                out["clipping-norm"] = float(self.strategy.clipping_norm)
+        for reply in replies:
+            pid = partition_of[reply.metadata.src_node_id]
+            self.replies[pid] = self.replies.get(pid, 0) + 1
+            metrics = reply.content["metrics"]
+            if "dp-sgd-tasks" in metrics:
+                z, q, n = (float(metrics[k]) for k in REPORTED)
+                ledger = self.examples.setdefault(pid, Ledger(p.delta, p.accountant))
+                ledger.record(z, q, int(n))
+                self.example_eps[pid] = ledger.epsilon()
+        if p.example_noise_multiplier is not None:
+            out["example-epsilon"] = max(self.example_eps.values(), default=0.0)
         return out
 
     def state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"history": list(self.ledger.history)}
+        out: dict[str, Any] = {
+            "history": list(self.ledger.history),
+            "examples": {pid: list(led.history) for pid, led in self.examples.items()},
+            "replies": dict(self.replies),
+        }
         if self.strategy is not self.inner and hasattr(self.strategy, "clipping_norm"):
             out["clipping-norm"] = self.strategy.clipping_norm  # adaptive clipping moves it
         return out
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.ledger = Ledger(self.options.delta, self.options.accountant, state.get("history", ()))
+        p = self.options
+        self.ledger = Ledger(p.delta, p.accountant, state.get("history", ()))
+        self.examples = {
+            int(pid): Ledger(p.delta, p.accountant, h)
+            for pid, h in state.get("examples", {}).items()
+        }
+        self.example_eps = {pid: led.epsilon() for pid, led in self.examples.items()}
+        self.replies = {int(pid): n for pid, n in state.get("replies", {}).items()}
         if "clipping-norm" in state:
             self.strategy.clipping_norm = state["clipping-norm"]
 
     def summary(self) -> dict[str, Any]:
-        """The ``privacy`` block of ``summary.json`` (empty without central DP)."""
-        if not self.options.central_dp:
+        """The ``privacy`` block of ``summary.json`` (empty without DP)."""
+        p = self.options
+        if not p.dp:
             return {}
-        return {
-            "central": self.options.central,
-            "epsilon": self.ledger.epsilon(),
-            "delta": self.options.delta,
-            "noise-multiplier": self.noise,
-            "sample-rate": self.sample_rate,
-            "accountant": self.options.accountant,
-            "rounds-accounted": sum(n for _, _, n in self.ledger.history),
-        }
+        out: dict[str, Any] = {"delta": p.delta, "accountant": p.accountant}
+        if p.central_dp:
+            out |= {
+                "central": p.central,
+                "epsilon": self.ledger.epsilon(),
+                "noise-multiplier": self.noise,
+                "sample-rate": self.sample_rate,
+                "rounds-accounted": sum(n for _, _, n in self.ledger.history),
+            }
+        if p.example_noise_multiplier is not None:
+            out["example-epsilon"] = max(self.example_eps.values(), default=0.0)
+        if p.local_epsilon is not None:
+            most = max(self.replies.values(), default=0)
+            out |= {
+                "local-epsilon-per-reply": p.local_epsilon,
+                "local-delta-per-reply": p.local_delta,
+                "local-epsilon": most * p.local_epsilon,
+                "local-delta": most * p.local_delta,
+            }
+        return out

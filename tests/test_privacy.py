@@ -17,7 +17,7 @@ from fedmeta.experiment import build_experiment
 from fedmeta.learners.base import LocalContext
 from fedmeta.privacy.accounting import epsilon, noise_for_epsilon
 from fedmeta.privacy.audit import roc_auc, tpr_at_fpr
-from fedmeta.privacy.dpsgd import LEDGER, clipped_noisy_mean
+from fedmeta.privacy.dpsgd import clipped_noisy_mean
 from fedmeta.results import RunDir
 
 
@@ -96,24 +96,56 @@ def test_dpsgd_gradient_equals_the_plain_mean_without_noise_or_clipping(tiny_raw
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_dpsgd_local_update_accounts_every_private_step(tiny_raw):
+def test_dpsgd_local_update_reports_one_event_per_task(tiny_raw):
     exp = build_experiment(scenario_from_dict(_dp_raw(tiny_raw)))
     assert exp.local_learner is not exp.learner  # held-out clients adapt without noise
-    examples = exp.layout.shard(0).size
-    ctx = LocalContext(examples=examples)
+    rate = exp.sampler(0).inclusion_probability()
+    # 8 examples per class, 3 of its classes per task, 3 examples per class per task
+    n_classes = len(exp.sampler(0).eligible)
+    assert rate == pytest.approx(min(1.0, 3 / n_classes * 3 / 8))
+    ctx = LocalContext(sample_rate=rate)
     _, metrics = exp.local_learner.local_update(exp.initial_params(), exp.train_sampler(0, 1), ctx)
-    rows = ctx.state[LEDGER]["rows"].tolist()
-    # FOMAML: 2 local steps x 2 tasks x (1 support step on 3 examples + 1 query step on 6)
-    assert sorted((q * examples, n) for _, q, n in rows) == [(3.0, 4.0), (6.0, 4.0)]
-    acc = RDPAccountant()
-    for z, q, n in rows:
-        for _ in range(int(n)):
-            acc.step(noise_multiplier=z, sample_rate=q)
-    assert metrics["example-epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
-    # a second round adds to the same client's ledger
-    _, again = exp.local_learner.local_update(exp.initial_params(), exp.train_sampler(0, 2), ctx)
-    assert len(ctx.state[LEDGER]["rows"]) == 4
-    assert again["example-epsilon"] > metrics["example-epsilon"]
+    # FOMAML: 2 local steps x 2 tasks; each task takes 1 support + 1 query private step, which
+    # count as one release of multiplier z / sqrt(2)
+    assert metrics["dp-sgd-tasks"] == 4 and metrics["dp-sgd-rate"] == rate
+    assert metrics["dp-sgd-noise"] == pytest.approx(1.0 / math.sqrt(2))
+    assert "train-loss" in metrics  # the client mod drops it before it leaves the client
+    with pytest.raises(ValueError, match="sampling rate"):
+        exp.local_learner.local_update(exp.initial_params(), exp.train_sampler(0, 1))
+
+
+def test_ditto_and_second_order_learners_refuse_dpsgd(tiny_raw):
+    for name in ("ditto", "maml", "perfedavg-hf", "protonet"):
+        raw = _dp_raw(dict(tiny_raw))
+        raw["learner"] = {"name": name}
+        with pytest.raises(FedmetaError, match="first-order learner"):
+            scenario_from_dict(raw)
+
+
+def test_central_ledger_counts_what_was_released(tiny_raw):
+    """A round with fewer replies than sampled clients adds noise z C / n to a mean of m
+    updates: multiplier z m / n. A round the DP wrapper refused releases nothing."""
+    from types import SimpleNamespace
+
+    from server.privacy import Privacy
+    from server.strategies import build_strategy
+
+    tiny_raw["train"] = {"rounds": 3, "fraction": 1.0}
+    tiny_raw["privacy"] = {"central": "server-fixed", "noise-multiplier": 2.0}
+    sc = scenario_from_dict(tiny_raw)
+    private = Privacy(build_strategy("fedavg", sc.strategy.options), sc)
+    reply = [SimpleNamespace(metadata=SimpleNamespace(src_node_id=n), content={"metrics": {}})
+             for n in range(4)]
+    pids = {n: n for n in range(4)}
+    private.after_round(reply, pids, aggregated=True)
+    private.after_round(reply[:2], pids, aggregated=True)
+    private.after_round([], pids, aggregated=False)
+    assert private.ledger.history == [(2.0, 1.0, 1), (1.0, 1.0, 1)]
+    expected = epsilon([(2.0, 1.0, 1), (1.0, 1.0, 1)], 1e-5)
+    assert private.summary()["epsilon"] == pytest.approx(expected)
+    resumed = Privacy(build_strategy("fedavg", sc.strategy.options), sc)
+    resumed.load_state(private.state())
+    assert resumed.summary() == private.summary()
 
 
 # -- the audit -------------------------------------------------------------------------------
@@ -161,6 +193,9 @@ def test_attack_metrics():
             "dropout",
         ),
         ({"centrel": "server-fixed"}, {}, "did you mean 'central'"),
+        ({"central": "server-adaptive", "noise-multiplier": 0.5}, {}, "clients per round / 10"),
+        ({"local-epsilon": 2.0}, {}, "local-epsilon"),
+        ({"secure-aggregation": True, "secagg-shares": 2}, {}, "at least 3 shares"),
     ],
 )
 def test_bad_privacy_settings_fail_with_one_line(tiny_raw, privacy, extra, needle):
@@ -226,6 +261,23 @@ def test_central_dp_clips_and_accounts_like_opacus(tiny_raw):
         assert torch.equal(first[k], second[k])
 
 
+def test_dpsgd_run_reports_each_clients_epsilon_like_opacus(tiny_raw):
+    """Every client trains in both rounds; the run reports the largest per-client epsilon,
+    which equals opacus' for that client's (z / sqrt(2), its sampling rate, 8 tasks); train
+    losses never leave the clients."""
+    raw = _dp_raw(tiny_raw)
+    raw["train"] = {"rounds": 2, "fraction": 1.0}
+    summary, _, records = _simulate(raw)
+    exp = build_experiment(scenario_from_dict(raw))
+    expected = max(
+        _opacus_epsilon(1 / math.sqrt(2), exp.sampler(p).inclusion_probability(), 8, 1e-5)
+        for p in range(4)
+    )
+    assert summary["privacy"]["example-epsilon"] == pytest.approx(expected, rel=1e-9)
+    train = {r["metric"] for r in records if r["phase"] == "train"}
+    assert "example-epsilon" in train and "train-loss" not in train
+
+
 # -- the epsilon sweep's plots and table -------------------------------------------------------
 
 
@@ -267,11 +319,31 @@ def test_sweep_over_epsilon_plots_inf_and_the_attack_auc(tmp_path):
     assert "epsilon spent" in table and "| 0.600 / 0.550 |" in table and "| inf |" in table
 
 
+def test_audit_holds_back_non_members_of_the_same_classes(tiny_raw):
+    from fedmeta.privacy.audit import audit_task
+
+    tiny_raw["privacy"] = {"audit": True, "audit-holdout": 0.25}
+    exp = build_experiment(scenario_from_dict(tiny_raw))
+    for pid in range(4):
+        full, kept, held = exp.layout.shard(pid), exp.shard(pid), exp.audit_holdout(pid)
+        for c, idx in full.examples.items():
+            assert len(held.examples[c]) == 2  # a quarter of 8
+            assert sorted([*kept.examples[c], *held.examples[c]]) == sorted(idx)
+        # training draws only the kept examples
+        task = exp.train_sampler(pid, 1)(1)[0]
+        assert task.support_x.shape[0] == 3
+    assert exp.shard(4) == exp.layout.shard(4)  # held-out clients keep everything
+    task, member = audit_task(exp, 0, np.random.default_rng(0))
+    assert member.sum() == (~member).sum() == 6  # 3 classes x 2 members and 2 non-members
+    assert task.query_x.shape[0] == 12 and task.support_x.shape[0] == 3
+
+
 def test_audit_command_on_a_saved_run(tmp_path, tiny_raw, capsys):
     import json
 
     import tomli_w
 
+    tiny_raw["privacy"] = {"audit": True}
     scenario = scenario_from_dict(tiny_raw)
     run = tmp_path / "run"
     run.mkdir()
@@ -280,10 +352,14 @@ def test_audit_command_on_a_saved_run(tmp_path, tiny_raw, capsys):
     torch.save(exp.initial_params(), run / "final.pt")
     assert run_cli(["audit", str(run), "--tasks", "2"]) == 0
     audit = json.loads((run / "audit.json").read_text())
-    # 2 held-out clients x 2 tasks x 3 classes x 2 queries on each side
+    # 4 audited clients x 2 tasks x 3 classes x 1 held-back example (8 // 5) on each side
     assert audit["members"] == audit["nonmembers"] == 24
     assert 0 <= audit["loss-auc"] <= 1 and 0 <= audit["calibrated-tpr-at-1pct-fpr"] <= 1
     # the final parameters are the initial ones: the calibrated attack sees no difference
     assert audit["calibrated-auc"] == 0.5
     assert "membership inference" in capsys.readouterr().out
     assert run_cli(["audit", str(tmp_path)]) == 2
+    tiny_raw["privacy"] = {}
+    (run / "scenario.toml").write_text(tomli_w.dumps(scenario_from_dict(tiny_raw).to_toml()))
+    assert run_cli(["audit", str(run)]) == 2
+    assert "privacy.audit = false" in capsys.readouterr().err

@@ -78,8 +78,9 @@ class LocalContext:
 
     proximal_mu: float = 0.0
     state: dict[str, Params] = field(default_factory=dict)
-    examples: int = 0
-    """Examples in the client's shard (the denominator of DP-SGD's sampling rate)."""
+    sample_rate: float = 0.0
+    """The largest chance that one of the client's tasks contains a given example (DP-SGD's
+    sampling rate; see :meth:`fedmeta.episodes.EpisodeSampler.inclusion_probability`)."""
 
 
 def n_way_of(task: Task) -> int:

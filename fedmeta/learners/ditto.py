@@ -38,6 +38,7 @@ class Ditto(FedAvg):
     """FedAvg for the global model; proximal personal models on clients (see module doc)."""
 
     Options = DittoConfig
+    supports_example_dp = False  # its personal loop would spend budget on what is never sent
 
     def local_update(
         self, params: Params, sample_tasks: TaskBatchFn, ctx: LocalContext | None = None

@@ -1,10 +1,13 @@
 """Privacy audit: membership inference against the released meta-parameters.
 
 The attacker holds the final meta-parameters and, like any new hospital, adapts them to a task's
-support set; it then scores each query example. Members are examples of the training clients'
-shards (which the federation trained on); non-members are examples of held-out clients, which
-never trained. Each side gets the same number of tasks (``privacy.audit-tasks`` per client, from
-as many training clients as there are held-out ones), and each query example is one sample.
+support set before scoring examples. Members and non-members come from the *same* training
+clients and the *same* classes: with ``privacy.audit`` every training client holds back a random
+``audit-holdout`` fraction of each class's examples, which never enter training (see
+:meth:`fedmeta.experiment.Experiment.shard`). An audit task of a client takes ``n_way`` of its
+classes, a support set from its training examples, and as query an equal number of further
+training examples (members) and held-back examples (non-members) per class. Both sides are thus
+scored by the same adapted model, and only membership separates them.
 
 Two attacks:
 
@@ -13,11 +16,13 @@ Two attacks:
 * **calibrated** (Watson, Guo, Cormode and Sablayrolles, 2022, "On the Importance of Difficulty
   Calibration in Membership Inference Attacks", ICLR): score ``loss_ref(x) - loss(x)``, where
   the reference model is the run's *initial* meta-parameters adapted the same way. The initial
-  model has seen neither members nor non-members, so it calibrates per-example difficulty
-  without a shadow training run (a weaker reference than the paper's shadow models).
+  model has seen no example, so it calibrates per-example difficulty without a shadow training
+  run (a weaker reference than the paper's shadow models).
 
 Reported: ROC AUC and the true-positive rate at 1% false-positive rate (Carlini et al., 2022,
-"Membership Inference Attacks From First Principles", S&P). AUC 0.5 is chance.
+"Membership Inference Attacks From First Principles", S&P). AUC 0.5 is chance. "Members" are
+the client's training examples; with many examples per client some were never sampled in
+training, which makes the attack's task harder, as in any real audit.
 """
 
 from __future__ import annotations
@@ -28,12 +33,48 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from fedmeta.experiment import Experiment, rng_for
+from fedmeta.experiment import AUDIT, Experiment, rng_for
 from fedmeta.learners import Learner, Params
 from fedmeta.tasks import Task, TaskKind
 
-AUDIT = 7
-"""Random-stream key of the choice of audited training clients."""
+
+def audit_task(
+    exp: Experiment, partition_id: int, rng: np.random.Generator
+) -> tuple[Task, np.ndarray] | None:
+    """One audit task of a training client and its query's membership (True: member), or
+    ``None`` when the client has fewer than ``n_way`` classes with a held-back example and
+    ``k_shot + 1`` training examples."""
+    t = exp.scenario.task
+    train, held = exp.shard(partition_id), exp.audit_holdout(partition_id)
+    eligible = [
+        c for c in train.classes if len(held.examples[c]) and len(train.examples[c]) > t.k_shot
+    ]
+    if len(eligible) < t.n_way:
+        return None
+    classes = rng.choice(eligible, size=t.n_way, replace=False)
+    if t.label_order == "sorted":
+        classes = np.sort(classes)
+    parts: dict[str, list] = {"sx": [], "sy": [], "qx": [], "qy": [], "member": []}
+    for pos, c in enumerate(int(c) for c in classes):
+        m = min(len(held.examples[c]), len(train.examples[c]) - t.k_shot, t.query)
+        seen = rng.choice(train.examples[c], size=t.k_shot + m, replace=False)
+        unseen = rng.choice(held.examples[c], size=m, replace=False)
+        x, y = exp.source.examples(c, np.concatenate([seen, unseen]))
+        if y is None:
+            y = np.full(len(x), pos, dtype=np.int64)
+        parts["sx"].append(x[: t.k_shot])
+        parts["sy"].append(y[: t.k_shot])
+        parts["qx"].append(x[t.k_shot :])
+        parts["qy"].append(y[t.k_shot :])
+        parts["member"].append(np.repeat([True, False], m))
+    task = Task(
+        *(torch.from_numpy(np.concatenate(parts[k])) for k in ("sx", "sy", "qx", "qy")),
+        classes=torch.from_numpy(classes.astype(np.int64)),
+    )
+    skew = exp.sampler(partition_id).skew  # the client's own feature shift, if any
+    if skew is not None:
+        task = skew(task, t.n_way, rng)
+    return task.to(exp.device), np.concatenate(parts["member"])
 
 
 def example_losses(
@@ -72,39 +113,44 @@ def attack_metrics(prefix: str, members: np.ndarray, nonmembers: np.ndarray) -> 
     }
 
 
-def audit_clients(exp: Experiment) -> tuple[list[int], list[int]]:
-    """Partition ids of the audited training clients (a seeded choice, as many as there are
-    held-out clients) and of the held-out clients."""
-    c = exp.scenario.clients
-    rng = rng_for(exp.scenario.seed, AUDIT)
-    k = min(c.train, c.heldout)
-    members = sorted(int(p) for p in rng.choice(c.train, size=k, replace=False))
-    return members, list(range(c.train, c.train + c.heldout))
-
-
-def _tasks(exp: Experiment, pids: list[int], per_client: int) -> list[Task]:
-    return [t for p in pids for t in exp.eval_tasks(p)[:per_client]]
+def audit_clients(exp: Experiment) -> list[int]:
+    """The audited training clients: a seeded choice of ``privacy.audit-clients``."""
+    n = exp.scenario.clients.train
+    k = min(n, exp.scenario.privacy.audit_clients)
+    picked = rng_for(exp.scenario.seed, AUDIT).choice(n, size=k, replace=False)
+    return sorted(int(p) for p in picked)
 
 
 def run_audit(exp: Experiment, final: Params, initial: Params) -> dict[str, Any]:
     """Both attacks on ``final`` meta-parameters (``initial`` is the calibration reference)."""
     sc = exp.scenario
-    steps = sc.evaluation.inner_steps
-    per_client = min(sc.privacy.audit_tasks, sc.evaluation.tasks_per_client)
-    member_pids, outsider_pids = audit_clients(exp)
-    kind = exp.source.kind
-    scores: dict[str, dict[str, np.ndarray]] = {}
-    for side, pids in (("members", member_pids), ("nonmembers", outsider_pids)):
-        tasks = _tasks(exp, pids, per_client)
-        target = example_losses(exp.learner, exp.to_device(final), tasks, kind, steps)
-        ref = example_losses(exp.learner, exp.to_device(initial), tasks, kind, steps)
-        scores[side] = {"loss": -target, "calibrated": ref - target, "raw": target}
+    if not sc.privacy.audit:
+        raise ValueError("the audit needs privacy.audit = true (it holds back the non-members)")
+    tasks, member = [], []
+    for pid in audit_clients(exp):
+        rng = rng_for(sc.seed, AUDIT, pid, 1)
+        for _ in range(sc.privacy.audit_tasks):
+            got = audit_task(exp, pid, rng)
+            if got is None:
+                break
+            tasks.append(got[0])
+            member.append(got[1])
+    if not tasks:
+        raise ValueError(
+            "no audited client has task.n-way classes with held-back examples; raise "
+            "privacy.audit-holdout"
+        )
+    is_member = np.concatenate(member)
+    steps, kind = sc.evaluation.inner_steps, exp.source.kind
+    target = example_losses(exp.learner, exp.to_device(final), tasks, kind, steps)
+    ref = example_losses(exp.learner, exp.to_device(initial), tasks, kind, steps)
     out: dict[str, Any] = {
-        "members": int(len(scores["members"]["loss"])),
-        "nonmembers": int(len(scores["nonmembers"]["loss"])),
-        "member-loss-mean": float(scores["members"]["raw"].mean()),
-        "nonmember-loss-mean": float(scores["nonmembers"]["raw"].mean()),
+        "members": int(is_member.sum()),
+        "nonmembers": int((~is_member).sum()),
+        "tasks": len(tasks),
+        "member-loss-mean": float(target[is_member].mean()),
+        "nonmember-loss-mean": float(target[~is_member].mean()),
     }
-    for attack in ("loss", "calibrated"):
-        out |= attack_metrics(attack, scores["members"][attack], scores["nonmembers"][attack])
+    for attack, score in (("loss", -target), ("calibrated", ref - target)):
+        out |= attack_metrics(attack, score[is_member], score[~is_member])
     return out

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS
+from fedmeta.privacy.accounting import noise_for_epsilon
 from server.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -43,6 +44,18 @@ def check_privacy(sc: Scenario) -> None:
             f"train.dropout = {sc.train.dropout} with privacy.central: the DP noise is "
             "calibrated to a fixed number of clients per round; set train.dropout = 0"
         )
+    if p.central.endswith("adaptive"):
+        z = p.noise_multiplier
+        if z is None:
+            q = per_round / sc.clients.train
+            z = noise_for_epsilon(p.target_epsilon, p.delta, q, sc.train.rounds, p.accountant)
+        if z >= per_round / 10:
+            raise FedmetaError(
+                f"privacy.central = {p.central!r} with noise multiplier {z:.3g} and {per_round} "
+                f"clients per round: Flower's adaptive clipping needs a noise multiplier below "
+                f"clients per round / 10; sample more clients (train.fraction) or use fixed "
+                f"clipping"
+            )
     if p.example_noise_multiplier is not None:
         if not learner.supports_example_dp:
             raise FedmetaError(
@@ -64,4 +77,9 @@ def check_privacy(sc: Scenario) -> None:
         raise FedmetaError(
             f"privacy.secagg-shares = {p.secagg_shares} exceeds the {per_round} clients per "
             "round; lower it (0 shares with every sampled client)"
+        )
+    if p.secure_aggregation and p.secagg_threshold >= (p.secagg_shares or per_round):
+        raise FedmetaError(
+            f"privacy.secagg-threshold = {p.secagg_threshold} must be below the number of shares "
+            f"({p.secagg_shares or per_round}); lower it (0: two thirds of the shares)"
         )

@@ -9,28 +9,34 @@ everyone who sees the hospital's released update (server and other hospitals), w
 hospital's own adapted model need not be private.
 
 :func:`make_private` wraps a learner that declares ``supports_example_dp`` (all its data
-gradients are first-order :meth:`~fedmeta.learners.base.Learner.value_and_grad` calls) with
-:class:`DPSGD`, which overrides only that method and the local update's bookkeeping. The
-client's own privacy ledger (one entry per batch size, sampling rate ``batch / examples``)
-lives in its Flower ``context.state`` and its epsilon is reported as ``example-epsilon``.
-Per-example gradients come from ``torch.func.vmap`` over single examples, which is exact only
-without BatchNorm (the scenario check rejects BatchNorm).
+gradients are first-order :meth:`~fedmeta.learners.base.Learner.value_and_grad` calls inside
+``task_gradient``) with :class:`DPSGD`, which overrides those two methods and the local update's
+bookkeeping. Per-example gradients come from ``torch.func.vmap`` over single examples, which is
+exact only without BatchNorm (the scenario check rejects BatchNorm).
+
+Accounting (conservative): one task is one sampled event. Its ``s`` private gradient steps may
+all touch one example (MAML's inner steps reuse the support set), so they count as one Gaussian
+release with multiplier ``z / sqrt(s)`` (composition of ``s`` Gaussians). The sampling rate is
+the largest chance that a task contains a given example
+(:meth:`~fedmeta.episodes.EpisodeSampler.inclusion_probability`). Each local update reports
+``dp-sgd-noise``, ``dp-sgd-rate`` and ``dp-sgd-tasks``; the server keeps every client's ledger
+(:mod:`server.privacy`), so it survives a resume.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedmeta.learners.base import LocalContext, Params
-from fedmeta.privacy.accounting import epsilon
 from fedmeta.privacy.options import PrivacyOptions
+from fedmeta.tasks import Task
 
-LEDGER = "dp-sgd-ledger"
-"""Key of the client's DP-SGD history in its persistent state: rows ``(z, q, steps)``."""
+REPORTED = ("dp-sgd-noise", "dp-sgd-rate", "dp-sgd-tasks")
+"""The metrics of a private local update: one ledger entry ``(z, q, count)``."""
 
 
 def clipped_noisy_mean(per_example: list[Tensor], clip: float, noise: float) -> list[Tensor]:
@@ -51,7 +57,8 @@ class DPSGD:
 
     dp_clip: float
     dp_noise: float
-    dp_steps: Counter
+    dp_calls: int = 0
+    dp_tasks: list[int]
 
     def value_and_grad(
         self, params: Params, x: Tensor, y: Tensor, create_graph: bool = False
@@ -65,26 +72,28 @@ class DPSGD:
 
         grads, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0))(fixed, x, y)
         private = clipped_noisy_mean([grads[k] for k in params], self.dp_clip, self.dp_noise)
-        self.dp_steps[len(x)] += 1
+        self.dp_calls += 1
         return tuple(private), losses.mean()
 
+    def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
+        self.dp_calls = 0
+        out = super().task_gradient(params, task)  # type: ignore[misc]
+        self.dp_tasks.append(self.dp_calls)
+        return out
+
     def local_update(self, params, sample_tasks, ctx: LocalContext | None = None):
-        if ctx is None or ctx.examples <= 0:
-            raise ValueError("DP-SGD needs the client's example count (LocalContext.examples)")
-        self.dp_steps = Counter()
+        if ctx is None or not 0 < ctx.sample_rate <= 1:
+            raise ValueError("DP-SGD needs the client's sampling rate (LocalContext.sample_rate)")
+        self.dp_tasks = []
         new_params, metrics = super().local_update(params, sample_tasks, ctx)  # type: ignore[misc]
-        rows = [
-            (self.dp_noise, min(1.0, batch / ctx.examples), float(n))
-            for batch, n in sorted(self.dp_steps.items())
-        ]
-        old = ctx.state.get(LEDGER, {}).get("rows")
-        table = torch.tensor(rows, dtype=torch.float64).reshape(-1, 3)
-        if old is not None:
-            table = torch.cat([old.to(table), table])
-        ctx.state[LEDGER] = {"rows": table}
-        history = [(z, q, int(n)) for z, q, n in table.tolist()]
-        metrics["example-epsilon"] = epsilon(history, self.dp_delta)
-        metrics["dp-sgd-steps"] = float(sum(self.dp_steps.values()))
+        steps = max(self.dp_tasks, default=1)
+        metrics.update(
+            {
+                "dp-sgd-noise": self.dp_noise / math.sqrt(steps),
+                "dp-sgd-rate": ctx.sample_rate,
+                "dp-sgd-tasks": len(self.dp_tasks),
+            }
+        )
         return new_params, metrics
 
 
@@ -95,6 +104,5 @@ def make_private(learner, options: PrivacyOptions):
     private.__dict__.update(learner.__dict__)
     private.dp_clip = options.example_clipping_norm
     private.dp_noise = float(options.example_noise_multiplier or 0.0)
-    private.dp_delta = options.delta
-    private.dp_steps = Counter()
+    private.dp_tasks = []
     return private
