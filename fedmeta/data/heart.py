@@ -24,6 +24,7 @@ always means "no disease" and 1 "disease".
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -53,8 +54,10 @@ def load_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
     cols = [raw[:, 0], raw[:, 1], *dummies[:3], raw[:, 3], raw[:, 4], raw[:, 5], *dummies[3:]]
     cols += [raw[:, 7], raw[:, 8], raw[:, 9]]
     x = np.stack(cols, axis=1).astype(np.float64)
-    mean = np.nanmean(x, axis=0)
-    std = np.nanstd(x, axis=0)
+    with warnings.catch_warnings():  # a hospital may never measure a feature (Switzerland:
+        warnings.simplefilter("ignore", RuntimeWarning)  # cholesterol): mean nan -> 0 below
+        mean = np.nanmean(x, axis=0)
+        std = np.nanstd(x, axis=0)
     x = (x - np.nan_to_num(mean)) / np.where(np.nan_to_num(std) > 1e-8, std, 1.0)
     return np.nan_to_num(x, nan=0.0).astype(np.float32), (raw[:, 13] > 0).astype(np.int64)
 
