@@ -177,10 +177,15 @@ def _final_heldout(metric: str) -> Value:
     return value
 
 
-def _audit(metric: str) -> Value:
+def _audit(attack: str) -> Value:
+    """An attack's AUC and its 95% interval (Hanley and McNeil)."""
+    from fedmeta.privacy.audit import auc_ci95
+
     def value(c: CellResult) -> tuple[float, float] | None:
-        v = (c.summary or {}).get("audit", {}).get(metric)
-        return None if v is None else (v, math.nan)
+        a = (c.summary or {}).get("audit", {})
+        if f"{attack}-auc" not in a:
+            return None
+        return a[f"{attack}-auc"], auc_ci95(a[f"{attack}-auc"], a["members"], a["nonmembers"])
 
     return value
 
@@ -285,7 +290,7 @@ def plot_sweep_audit(
     cells: list[CellResult], params: dict[str, list[Any]], out: Path, name: str
 ) -> Path:
     """Membership-inference AUC of both attacks (:mod:`fedmeta.privacy.audit`) against the
-    first swept parameter; one line per strategy and attack."""
+    first swept parameter; one line per strategy and attack, with a 95% band."""
     per_attack = [
         CellResult(f"{c.strategy}, {attack}", c.seed, c.params, c.records, c.summary, c.adapt)
         for attack in ("loss", "calibrated")
@@ -296,7 +301,7 @@ def plot_sweep_audit(
         params,
         out,
         f"{name}: membership inference on the final meta-parameters",
-        value=lambda c: _audit(f"{c.strategy.rsplit(', ', 1)[1]}-auc")(c),
+        value=lambda c: _audit(c.strategy.rsplit(", ", 1)[1])(c),
         ylabel="attack AUC (loss / calibrated attack)",
         reference=(0.5, "chance"),
     )

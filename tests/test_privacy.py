@@ -161,6 +161,13 @@ def test_attack_metrics():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=4000), rng.normal(size=4000)
     assert abs(roc_auc(a, b) - 0.5) < 0.03 and tpr_at_fpr(a, b) < 0.03
+    # Hanley-McNeil: at chance with 2000 + 2000 scores the 95% half-width is 0.018; the spread
+    # of AUCs over 200 independent draws of 2000 + 2000 normal scores agrees
+    from fedmeta.privacy.audit import auc_ci95
+
+    assert auc_ci95(0.5, 2000, 2000) == pytest.approx(0.0179, abs=2e-4)
+    aucs = [roc_auc(rng.normal(size=2000), rng.normal(size=2000)) for _ in range(200)]
+    assert 1.96 * np.std(aucs) == pytest.approx(auc_ci95(0.5, 2000, 2000), rel=0.2)
 
 
 # -- bad settings ----------------------------------------------------------------------------

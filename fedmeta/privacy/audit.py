@@ -20,13 +20,16 @@ Two attacks:
   run (a weaker reference than the paper's shadow models).
 
 Reported: ROC AUC and the true-positive rate at 1% false-positive rate (Carlini et al., 2022,
-"Membership Inference Attacks From First Principles", S&P). AUC 0.5 is chance. "Members" are
+"Membership Inference Attacks From First Principles", S&P). AUC 0.5 is chance; its 95% interval
+(Hanley and McNeil, 1982) treats examples as independent, so it is a lower bound on the real
+uncertainty (examples of one task share a support set). "Members" are
 the client's training examples; with many examples per client some were never sampled in
 training, which makes the attack's task harder, as in any real audit.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -100,6 +103,16 @@ def roc_auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
     return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
 
 
+def auc_ci95(auc: float, members: int, nonmembers: int) -> float:
+    """Half-width of the 95% interval of an AUC estimate from ``members`` and ``nonmembers``
+    scores (Hanley and McNeil, 1982, "The Meaning and Use of the Area under a Receiver
+    Operating Characteristic (ROC) Curve", Radiology)."""
+    a, m, n = auc, members, nonmembers
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (m - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (m * n)
+    return 1.96 * math.sqrt(max(var, 0.0))
+
+
 def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float = 0.01) -> float:
     """Fraction of members scoring above the threshold that only ``fpr`` of non-members pass."""
     threshold = np.quantile(nonmembers, 1 - fpr, method="higher")
@@ -153,4 +166,6 @@ def run_audit(exp: Experiment, final: Params, initial: Params) -> dict[str, Any]
     }
     for attack, score in (("loss", -target), ("calibrated", ref - target)):
         out |= attack_metrics(attack, score[is_member], score[~is_member])
+        auc = out[f"{attack}-auc"]
+        out[f"{attack}-auc-ci95"] = auc_ci95(auc, out["members"], out["nonmembers"])
     return out
