@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedmeta.config import Scenario
-from fedmeta.privacy.accounting import Ledger, noise_for_epsilon
+from fedmeta.privacy.accounting import Ledger, clients_per_round, planned_noise
 from fedmeta.privacy.dpsgd import REPORTED
 from fedmeta.privacy.options import PrivacyOptions
 from fedmeta.registry import Registry
@@ -68,22 +68,6 @@ CENTRAL.register("server-adaptive", help="server clips at a private quantile of 
 CENTRAL.register("client-adaptive", help="clients clip (adaptiveclipping_mod) at a quantile")(
     _adaptive(DifferentialPrivacyClientSideAdaptiveClipping)
 )
-
-
-def clients_per_round(scenario: Scenario) -> int:
-    """How many training clients the server samples each round (before dropout)."""
-    return max(1, round(scenario.train.fraction * scenario.clients.train))
-
-
-def planned_noise(scenario: Scenario) -> float:
-    """The central noise multiplier: ``noise-multiplier``, or the one ``target-epsilon`` needs
-    over ``train.rounds`` rounds."""
-    p = scenario.privacy
-    if p.noise_multiplier is not None:
-        return p.noise_multiplier
-    assert p.target_epsilon is not None
-    q = clients_per_round(scenario) / scenario.clients.train
-    return noise_for_epsilon(p.target_epsilon, p.delta, q, scenario.train.rounds, p.accountant)
 
 
 class Privacy:

@@ -300,7 +300,8 @@ def _fake_cells():
                 "wall-seconds": 60.0,
                 "mb-communicated": 1.0,
                 "privacy": {"epsilon": eps, "delta": 1e-5},
-                "audit": {"loss-auc": 0.6 - 0.04 * i, "calibrated-auc": 0.55 - 0.02 * i},
+                "audit": {"loss-auc": 0.6 - 0.04 * i, "calibrated-auc": 0.55 - 0.02 * i,
+                          "members": 2000, "nonmembers": 2000},
             }
             point = {"privacy.target-epsilon": eps}
             cells.append(CellResult(strategy, 0, point, [], summary, None))

@@ -13,9 +13,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+
+if TYPE_CHECKING:
+    from fedmeta.config import Scenario
 
 ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
@@ -75,3 +79,19 @@ class Ledger:
 
     def epsilon(self) -> float:
         return epsilon(self.history, self.delta, self.kind)
+
+
+def clients_per_round(scenario: Scenario) -> int:
+    """How many training clients the server samples each round (before dropout)."""
+    return max(1, round(scenario.train.fraction * scenario.clients.train))
+
+
+def planned_noise(scenario: Scenario) -> float:
+    """The central noise multiplier: ``noise-multiplier``, or the one ``target-epsilon`` needs
+    over ``train.rounds`` rounds at sampling rate clients per round / training clients."""
+    p = scenario.privacy
+    if p.noise_multiplier is not None:
+        return p.noise_multiplier
+    assert p.target_epsilon is not None
+    q = clients_per_round(scenario) / scenario.clients.train
+    return noise_for_epsilon(p.target_epsilon, p.delta, q, scenario.train.rounds, p.accountant)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS
-from fedmeta.privacy.accounting import noise_for_epsilon
+from fedmeta.privacy.accounting import clients_per_round, planned_noise
 from server.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def check_privacy(sc: Scenario) -> None:
         return
     learner = LEARNERS.get(sc.learner.name, key="learner.name")
     strategy = STRATEGIES.get(sc.strategy.name, key="strategy.name")
-    per_round = max(1, round(sc.train.fraction * sc.clients.train))
+    per_round = clients_per_round(sc)
     if p.central_dp or p.secure_aggregation:
         if not strategy.mean_aggregation:
             what = "central DP" if p.central_dp else "secure aggregation"
@@ -45,10 +45,7 @@ def check_privacy(sc: Scenario) -> None:
             "calibrated to a fixed number of clients per round; set train.dropout = 0"
         )
     if p.central.endswith("adaptive"):
-        z = p.noise_multiplier
-        if z is None:
-            q = per_round / sc.clients.train
-            z = noise_for_epsilon(p.target_epsilon, p.delta, q, sc.train.rounds, p.accountant)
+        z = planned_noise(sc)
         if z >= per_round / 10:
             raise FedmetaError(
                 f"privacy.central = {p.central!r} with noise multiplier {z:.3g} and {per_round} "
