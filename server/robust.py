@@ -18,14 +18,20 @@ from fedmeta.options import Options
 from server.strategies import STRATEGIES, StrategySpec
 
 
+class RobustSpec(StrategySpec):
+    """A Byzantine-robust aggregator: its aggregate is not a mean of the replies, so neither
+    central DP's noise scale nor secure aggregation's masked sum applies to it."""
+
+    mean_aggregation = False
+
+
 class KrumOptions(Options):
     num_malicious: int = Field(0, ge=0)
     """How many of a round's sampled clients may be Byzantine (Krum's ``f``)."""
 
 
 @STRATEGIES.register("krum", help="Flower Krum: the update closest to its n - f - 2 neighbours")
-class KrumSpec(StrategySpec):
-    mean_aggregation = False
+class KrumSpec(RobustSpec):
     base = Krum
     Options = KrumOptions
     renames = {"num_malicious": "num_malicious_nodes"}
@@ -37,8 +43,7 @@ class MultiKrumOptions(KrumOptions):
 
 
 @STRATEGIES.register("multikrum", help="Flower MultiKrum: average of the m best Krum updates")
-class MultiKrumSpec(StrategySpec):
-    mean_aggregation = False
+class MultiKrumSpec(RobustSpec):
     base = MultiKrum
     Options = MultiKrumOptions
     renames = {"num_malicious": "num_malicious_nodes", "select": "num_nodes_to_select"}
@@ -49,8 +54,7 @@ class FedMedianOptions(Options):
 
 
 @STRATEGIES.register("fedmedian", help="Flower FedMedian: coordinate-wise median of updates")
-class FedMedianSpec(StrategySpec):
-    mean_aggregation = False
+class FedMedianSpec(RobustSpec):
     base = FedMedian
     Options = FedMedianOptions
 
@@ -61,17 +65,15 @@ class TrimmedOptions(Options):
 
 
 @STRATEGIES.register("fedtrimmedavg", help="Flower FedTrimmedAvg: coordinate-wise trimmed mean")
-class FedTrimmedAvgSpec(StrategySpec):
-    mean_aggregation = False
+class FedTrimmedAvgSpec(RobustSpec):
     base = FedTrimmedAvg
     Options = TrimmedOptions
 
 
 @STRATEGIES.register("bulyan", help="Flower Bulyan: Krum selection then trimmed mean")
-class BulyanSpec(StrategySpec):
+class BulyanSpec(RobustSpec):
     """Needs at least ``4 f + 3`` replies per round (``f = num-malicious``)."""
 
-    mean_aggregation = False
     base = Bulyan
     Options = KrumOptions
     renames = {"num_malicious": "num_malicious_nodes"}
