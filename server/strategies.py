@@ -45,6 +45,12 @@ class _SubsetGrid:
         return getattr(self._grid, name)
 
 
+def sample_size(fraction: float, n_train: int) -> int:
+    """How many of ``n_train`` training clients a round samples (before dropout). Central DP
+    calibrates its noise and its accountant's sampling rate to this number."""
+    return max(1, round(fraction * n_train))
+
+
 class FedMetaMixin:
     """Deterministic sampling and held-out evaluation on top of a Flower FedAvg-family class.
 
@@ -71,7 +77,7 @@ class FedMetaMixin:
         """A seeded sample of ``fraction`` of the training clients; with ``dropout``, each
         sampled client then drops out of the round with that probability (at least one
         stays). ``self.dropped`` counts the dropped ones."""
-        k = max(1, round(self.fraction * len(self.train_nodes)))
+        k = sample_size(self.fraction, len(self.train_nodes))
         rng = np.random.default_rng([self.seed, server_round, 0x7A1])
         picked = sorted(rng.choice(len(self.train_nodes), size=k, replace=False))
         stay = [i for i in picked if rng.uniform() >= self.dropout] if self.dropout else picked

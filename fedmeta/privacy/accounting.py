@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from server.strategies import sample_size
+
 if TYPE_CHECKING:
     from fedmeta.config import Scenario
 
@@ -83,7 +85,7 @@ class Ledger:
 
 def clients_per_round(scenario: Scenario) -> int:
     """How many training clients the server samples each round (before dropout)."""
-    return max(1, round(scenario.train.fraction * scenario.clients.train))
+    return sample_size(scenario.train.fraction, scenario.clients.train)
 
 
 def planned_noise(scenario: Scenario) -> float:
