@@ -69,7 +69,6 @@ def train(msg: Message, context: Context) -> Message:
     params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
     config = msg.content["config"]
     sample = exp.train_sampler(pid, int(config["server-round"]))
-    examples = exp.shard(pid).size
     ctx = LocalContext(
         proximal_mu=float(config["proximal-mu"]) if "proximal-mu" in config else 0.0,
         state={k: exp.to_device(v) for k, v in _load_state(context).items()},
@@ -79,7 +78,7 @@ def train(msg: Message, context: Context) -> Message:
     _save_state(context, ctx.state)
     metrics = {
         **metrics,
-        "num-examples": examples,
+        "num-examples": exp.shard(pid).size,
         UNIT_WEIGHT: 1,
         "compute-seconds": time.perf_counter() - t0,
         "process-data-loads": data_loads(),

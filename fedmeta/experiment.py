@@ -87,6 +87,7 @@ class Experiment:
     clients always adapt with :attr:`learner`."""
     _samplers: dict[tuple[int, int], EpisodeSampler] = field(default_factory=dict)
     _eval_tasks: dict[int, list[Task]] = field(default_factory=dict)
+    _audit_splits: dict[int, tuple[Shard, Shard]] = field(default_factory=dict)
 
     @property
     def n_clients(self) -> int:
@@ -101,9 +102,12 @@ class Experiment:
         return partition_id >= self.scenario.clients.train
 
     def _audit_split(self, partition_id: int) -> tuple[Shard, Shard]:
-        rng = rng_for(self.scenario.seed, AUDIT, partition_id)
-        fraction = self.scenario.privacy.audit_holdout
-        return holdout_split(self.layout.shard(partition_id), fraction, rng)
+        if partition_id not in self._audit_splits:
+            rng = rng_for(self.scenario.seed, AUDIT, partition_id)
+            fraction = self.scenario.privacy.audit_holdout
+            shard = self.layout.shard(partition_id)
+            self._audit_splits[partition_id] = holdout_split(shard, fraction, rng)
+        return self._audit_splits[partition_id]
 
     def shard(self, partition_id: int) -> Shard:
         """The client's data as it uses it: its layout shard, minus the examples the privacy

@@ -82,9 +82,11 @@ def make_exchange(exp: Experiment, weight_key: str):
     sc = exp.scenario
     if not sc.privacy.secure_aggregation:
         return lambda grid, msgs: _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
-    train_ids = range(sc.clients.train)
-    sizes = [exp.shard(p).size for p in train_ids]
-    max_weight = 1.0 if weight_key == UNIT_WEIGHT else float(max(sizes))
+    max_weight = (
+        1.0
+        if weight_key == UNIT_WEIGHT
+        else float(max(exp.shard(p).size for p in range(sc.clients.train)))
+    )
 
     def secure(grid, msgs):
         replies = secure_round(grid, msgs, sc.privacy, weight_key, max_weight, sc.train.timeout)
