@@ -65,9 +65,9 @@ def bench_meta_steps(repeats: int) -> None:
 
 
 def bench_round_overhead(rounds: int) -> None:
-    from fedmeta.config import scenario_from_dict
     from fedmeta.results import RunDir
-    from fedmeta.simulation import simulate
+    from fedmeta.scenario import scenario_from_dict
+    from runner.simulation import simulate
 
     raw = {
         "name": "bench-overhead",

@@ -12,11 +12,11 @@ Run: ``python benchmarks/report_runs.py runs/omniglot-5w1s-* --plot docs/omniglo
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from fedmeta.plots import heldout_curve, plot_heldout_vs_time
 from fedmeta.results import RunDir
+from fedmeta.study.plots import plot_vs_time
+from fedmeta.study.results import run_cell
 
 
 def overhead_share(run: Path, actors: int) -> float:
@@ -38,21 +38,22 @@ def main() -> None:
         "(min) | outside client compute |"
     )
     print("|---|---|---|---|---|---|---|")
-    runs = {}
+    cells = []
     for run in map(Path, args.runs):
-        summary = json.loads((run / "summary.json").read_text())
+        cell = run_cell(run)
+        summary, wall = cell.summary, cell.system("wall-seconds")
         h = summary["heldout"]
-        hit = next(((r, w) for r, w, v, _ in heldout_curve(run) if v >= args.target), None)
-        hit_s = f"{hit[0]} ({hit[1] / 60:.1f})" if hit else "not reached"
+        hit = next((r for r, v in cell.curve() if v >= args.target), None)
+        hit_s = f"{hit} ({wall.get(hit, 0.0) / 60:.1f})" if hit is not None else "not reached"
         print(
             f"| {summary['name']} | {summary['rounds']} | {summary['wall-seconds'] / 60:.1f} | "
             f"{h['query-acc-pre']:.3f} | {h['query-acc-post']:.3f} ± "
             f"{h['query-acc-post-ci95']:.3f} | {hit_s} | "
             f"{100 * overhead_share(run, args.actors):.1f}% |"
         )
-        runs[summary["name"]] = run
+        cells.append(cell)
     if args.plot:
-        out = plot_heldout_vs_time(runs, args.plot, title="Held-out hospitals, 5-way 1-shot")
+        out = plot_vs_time(cells, Path(args.plot), "Held-out hospitals, 5-way 1-shot")
         print(f"plot: {out}")
 
 

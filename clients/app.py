@@ -19,19 +19,33 @@ from clients.mods import byzantine_mod, privacy_mod, secure_aggregation_mod
 from fedmeta.evaluate import evaluate_tasks
 from fedmeta.experiment import Experiment, data_loads, experiment_from_json
 from fedmeta.learners.base import LocalContext
-from fedmeta.privacy.options import UNIT_WEIGHT
+from fedmeta.protocol import (
+    ARRAYS,
+    COMPUTE_SECONDS,
+    CONFIG,
+    DATA_LOADS,
+    EVAL_INNER_STEPS,
+    INFO,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    PROXIMAL_MU,
+    SCENARIO,
+    SERVER_ROUND,
+    UNIT_WEIGHT,
+)
 
 app = ClientApp()
 
 
 def _setup(msg: Message) -> Experiment:
-    exp = experiment_from_json(str(msg.content["config"]["scenario"]))
+    exp = experiment_from_json(str(msg.content[CONFIG][SCENARIO]))
     torch.set_num_threads(exp.scenario.backend.torch_threads)
     return exp
 
 
 def _pid(context: Context) -> int:
-    return int(context.node_config["partition-id"])
+    return int(context.node_config[PARTITION_ID])
 
 
 STATE = "learner-state:"
@@ -55,8 +69,8 @@ def _save_state(context: Context, state: dict[str, dict[str, torch.Tensor]]) -> 
 def query(msg: Message, context: Context) -> Message:
     """Report this node's partition id (the server maps node ids to partitions once)."""
     _setup(msg)
-    info = MetricRecord({"partition-id": _pid(context)})
-    return Message(RecordDict({"info": info}), reply_to=msg)
+    info = MetricRecord({PARTITION_ID: _pid(context)})
+    return Message(RecordDict({INFO: info}), reply_to=msg)
 
 
 @app.train(mods=[secure_aggregation_mod, privacy_mod, byzantine_mod])
@@ -66,11 +80,11 @@ def train(msg: Message, context: Context) -> Message:
     if exp.is_heldout(pid):
         raise RuntimeError(f"held-out client {pid} was asked to train")
     t0 = time.perf_counter()
-    params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
-    config = msg.content["config"]
-    sample = exp.train_sampler(pid, int(config["server-round"]))
+    params = exp.to_device(msg.content[ARRAYS].to_torch_state_dict())
+    config = msg.content[CONFIG]
+    sample = exp.train_sampler(pid, int(config[SERVER_ROUND]))
     ctx = LocalContext(
-        proximal_mu=float(config["proximal-mu"]) if "proximal-mu" in config else 0.0,
+        proximal_mu=float(config[PROXIMAL_MU]) if PROXIMAL_MU in config else 0.0,
         state={k: exp.to_device(v) for k, v in _load_state(context).items()},
         sample_rate=exp.sampler(pid).inclusion_probability(),
     )
@@ -78,15 +92,15 @@ def train(msg: Message, context: Context) -> Message:
     _save_state(context, ctx.state)
     metrics = {
         **metrics,
-        "num-examples": exp.shard(pid).size,
+        NUM_EXAMPLES: exp.shard(pid).size,
         UNIT_WEIGHT: 1,
-        "compute-seconds": time.perf_counter() - t0,
-        "process-data-loads": data_loads(),
+        COMPUTE_SECONDS: time.perf_counter() - t0,
+        DATA_LOADS: data_loads(),
     }
     content = RecordDict(
         {
-            "arrays": ArrayRecord({k: v.cpu() for k, v in new_params.items()}),
-            "metrics": MetricRecord(metrics),
+            ARRAYS: ArrayRecord({k: v.cpu() for k, v in new_params.items()}),
+            METRICS: MetricRecord(metrics),
         }
     )
     return Message(content, reply_to=msg)
@@ -96,10 +110,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Adapt on each fixed evaluation task's support set and score its query set."""
     exp, pid = _setup(msg), _pid(context)
-    params = exp.to_device(msg.content["arrays"].to_torch_state_dict())
-    config = msg.content["config"]
-    steps = int(config["eval-inner-steps"]) if "eval-inner-steps" in config else None
+    params = exp.to_device(msg.content[ARRAYS].to_torch_state_dict())
+    config = msg.content[CONFIG]
+    steps = int(config[EVAL_INNER_STEPS]) if EVAL_INNER_STEPS in config else None
     tasks = exp.eval_tasks(pid)
     results = evaluate_tasks(exp.learner, params, tasks, exp.source.kind, steps=steps)
-    metrics = MetricRecord({**results, "num-examples": len(tasks)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({**results, NUM_EXAMPLES: len(tasks)})
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)

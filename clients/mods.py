@@ -20,27 +20,40 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
-from fedmeta.adversary import ADVERSARY, attack_weights
-from fedmeta.experiment import TRAIN, Experiment, experiment_from_json, rng_for
+from fedmeta.adversary import attack_weights
+from fedmeta.experiment import Experiment, experiment_from_json
 from fedmeta.privacy.dpsgd import REPORTED
-from fedmeta.privacy.options import UNIT_WEIGHT, PrivacyOptions
-
-NOISE = 6
-"""Random-stream key of the noise Flower's client mods draw from numpy's global generator."""
+from fedmeta.privacy.options import PrivacyOptions
+from fedmeta.protocol import (
+    ARRAYS,
+    COMPUTE_SECONDS,
+    CONFIG,
+    DATA_LOADS,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    SCENARIO,
+    SECAGG_NAMES,
+    SECAGG_WEIGHT_KEY,
+    SERVER_ROUND,
+    UNIT_WEIGHT,
+    Stream,
+    rng_for,
+)
 
 CLIPPING_MODS = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}
 
 
 def _experiment(msg: Message) -> Experiment:
-    return experiment_from_json(str(msg.content["config"]["scenario"]))
+    return experiment_from_json(str(msg.content[CONFIG][SCENARIO]))
 
 
 def _seed_numpy(exp: Experiment, config: ConfigRecord, context: Context, *keys: int) -> None:
     """Seed numpy's global generator (which Flower's DP and SecAgg+ code draws from) per
     scenario seed, round, client and ``keys``, so private runs are reproducible."""
-    rnd = int(config["server-round"])
-    pid = int(context.node_config["partition-id"])
-    np.random.seed(rng_for(exp.scenario.seed, NOISE, rnd, pid, *keys).integers(2**32))
+    rnd = int(config[SERVER_ROUND])
+    pid = int(context.node_config[PARTITION_ID])
+    np.random.seed(rng_for(exp.scenario.seed, Stream.NOISE, rnd, pid, *keys).integers(2**32))
 
 
 def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -48,14 +61,14 @@ def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     honest clients, and every client without ``[adversary]``, pass through unchanged."""
     reply = call_next(msg, context)
     exp = _experiment(msg)
-    pid = int(context.node_config["partition-id"])
+    pid = int(context.node_config[PARTITION_ID])
     if reply.has_error() or pid not in exp.byzantine:
         return reply
-    sent = msg.content["arrays"].to_torch_state_dict()
-    honest = reply.content["arrays"].to_torch_state_dict()
-    rnd = int(msg.content["config"]["server-round"])
-    rng = rng_for(exp.scenario.seed, ADVERSARY, TRAIN, rnd, pid)
-    reply.content["arrays"] = ArrayRecord(attack_weights(exp.scenario.adversary, sent, honest, rng))
+    sent = msg.content[ARRAYS].to_torch_state_dict()
+    honest = reply.content[ARRAYS].to_torch_state_dict()
+    rnd = int(msg.content[CONFIG][SERVER_ROUND])
+    rng = rng_for(exp.scenario.seed, Stream.ADVERSARY, Stream.TRAIN, rnd, pid)
+    reply.content[ARRAYS] = ArrayRecord(attack_weights(exp.scenario.adversary, sent, honest, rng))
     return reply
 
 
@@ -73,7 +86,7 @@ def _privacy_chain(options: PrivacyOptions) -> tuple:
 
 
 PUBLIC_METRICS = frozenset(
-    {"num-examples", UNIT_WEIGHT, "compute-seconds", "process-data-loads", KEY_NORM_BIT, *REPORTED}
+    {NUM_EXAMPLES, UNIT_WEIGHT, COMPUTE_SECONDS, DATA_LOADS, KEY_NORM_BIT, *REPORTED}
 )
 """Reply metrics that say nothing about a client's data (counts, timing, the clipping bit of
 adaptive clipping, DP-SGD's ledger entry). Under DP every other metric (training losses) is
@@ -89,25 +102,20 @@ def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     options = exp.scenario.privacy
     if not options.dp:
         return call_next(msg, context)
-    _seed_numpy(exp, msg.content["config"], context)
+    _seed_numpy(exp, msg.content[CONFIG], context)
     handler = call_next
     for mod in reversed(_privacy_chain(options)):
         handler = functools.partial(mod, call_next=handler)
     reply = handler(msg, context)
     if not reply.has_error():
-        metrics = reply.content["metrics"]
-        reply.content["metrics"] = MetricRecord(
+        metrics = reply.content[METRICS]
+        reply.content[METRICS] = MetricRecord(
             {k: v for k, v in metrics.items() if k in PUBLIC_METRICS}
         )
     return reply
 
 
 # -- secure aggregation ----------------------------------------------------------------------
-
-NAMES = "fedmeta-array-names"
-"""FitIns config key: the JSON list of array names (legacy Parameters carry none)."""
-WEIGHT_KEY = "fedmeta-weight-key"
-"""FitIns config key: the reply metric SecAgg+ weights this client's vector by."""
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -120,18 +128,16 @@ def _legacy_step(call_next: ClientAppCallable) -> ClientAppCallable:
     def step(msg: Message, context: Context) -> Message:
         ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
         config = dict(ins.config)
-        names = json.loads(str(config.pop(NAMES)))
-        weight_key = str(config.pop(WEIGHT_KEY))
+        names = json.loads(str(config.pop(SECAGG_NAMES)))
+        weight_key = str(config.pop(SECAGG_WEIGHT_KEY))
         arrays = dict(zip(names, parameters_to_ndarrays(ins.parameters), strict=True))
-        msg.content = RecordDict(
-            {"arrays": _record(arrays), "config": ConfigRecord(config)}
-        )
+        msg.content = RecordDict({ARRAYS: _record(arrays), CONFIG: ConfigRecord(config)})
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        arrays = reply.content["arrays"]
+        arrays = reply.content[ARRAYS]
         out = [arrays[name].numpy() for name in names]  # the order the server sent
-        metrics = dict(reply.content["metrics"])
+        metrics = dict(reply.content[METRICS])
         fitres = FitRes(
             status=Status(code=Code.OK, message=""),
             parameters=ndarrays_to_parameters(out),
@@ -143,9 +149,7 @@ def _legacy_step(call_next: ClientAppCallable) -> ClientAppCallable:
     return step
 
 
-def secure_aggregation_mod(
-    msg: Message, context: Context, call_next: ClientAppCallable
-) -> Message:
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's ``secaggplus_mod`` for SecAgg+ messages; everything else passes through.
 
     SecAgg+ speaks the legacy FitIns/FitRes layout, so the training step it wraps converts the
@@ -157,5 +161,5 @@ def secure_aggregation_mod(
         return call_next(msg, context)
     if "fitins.config" in msg.content.config_records:  # the stage that quantizes
         config = msg.content.config_records["fitins.config"]
-        _seed_numpy(experiment_from_json(str(config["scenario"])), config, context, 1)
+        _seed_numpy(experiment_from_json(str(config[SCENARIO])), config, context, 1)
     return secaggplus_mod(msg, context, _legacy_step(call_next))

@@ -27,10 +27,8 @@ import torch
 from pydantic import Field
 
 from fedmeta.options import Options
+from fedmeta.protocol import Stream, rng_for
 from fedmeta.tasks import Task
-
-ADVERSARY = 5
-"""Random-stream key of the choice of Byzantine clients and of their noise."""
 
 
 class AdversaryOptions(Options):
@@ -42,7 +40,7 @@ class AdversaryOptions(Options):
 def byzantine_clients(options: AdversaryOptions, n_train: int, seed: int) -> frozenset[int]:
     """The partition ids of the Byzantine training clients (``round(fraction * n_train)``)."""
     k = round(options.fraction * n_train)
-    rng = np.random.default_rng([seed, ADVERSARY])
+    rng = rng_for(seed, Stream.ADVERSARY)
     return frozenset(int(i) for i in rng.permutation(n_train)[:k])
 
 

@@ -22,6 +22,25 @@ from fedmeta.skew import ClientSkew
 from fedmeta.tasks import Task
 
 
+def assemble(source: DataSource, classes: np.ndarray, picks: list[np.ndarray], k_shot: int) -> Task:
+    """The episode whose position ``i`` is class ``classes[i]`` with examples ``picks[i]`` (the
+    first ``k_shot`` of each to the support set, the rest to the query set). Labels are the
+    positions, or the source's targets for regression."""
+    sx, sy, qx, qy = [], [], [], []
+    for pos, (c, pick) in enumerate(zip(classes, picks, strict=True)):
+        x, y = source.examples(int(c), pick)
+        if y is None:
+            y = np.full(len(pick), pos, dtype=np.int64)
+        sx.append(x[:k_shot])
+        sy.append(y[:k_shot])
+        qx.append(x[k_shot:])
+        qy.append(y[k_shot:])
+    return Task(
+        *(torch.from_numpy(np.concatenate(a)) for a in (sx, sy, qx, qy)),
+        classes=torch.from_numpy(np.asarray(classes).astype(np.int64)),
+    )
+
+
 class EpisodeSampler:
     """Samples tasks from ``shard`` of ``source``.
 
@@ -60,22 +79,9 @@ class EpisodeSampler:
         classes = rng.choice(self.eligible, size=self.n_way, replace=False)
         if self.sorted_labels:
             classes = np.sort(classes)
-        sx, sy, qx, qy = [], [], [], []
-        for pos, c in enumerate(classes):
-            pick = rng.choice(
-                self.shard.examples[int(c)], size=self.k_shot + self.query, replace=False
-            )
-            x, y = self.source.examples(int(c), pick)
-            if y is None:
-                y = np.full(len(pick), pos, dtype=np.int64)
-            sx.append(x[: self.k_shot])
-            sy.append(y[: self.k_shot])
-            qx.append(x[self.k_shot :])
-            qy.append(y[self.k_shot :])
-        task = Task(
-            *(torch.from_numpy(np.concatenate(a)) for a in (sx, sy, qx, qy)),
-            classes=torch.from_numpy(classes.astype(np.int64)),
-        )
+        need = self.k_shot + self.query
+        picks = [rng.choice(self.shard.examples[int(c)], size=need, replace=False) for c in classes]
+        task = assemble(self.source, classes, picks, self.k_shot)
         return self.skew(task, self.n_way, rng) if self.skew is not None else task
 
     def inclusion_probability(self) -> float:

@@ -12,35 +12,21 @@ import functools
 import json
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fedmeta.adversary import byzantine_clients, flip_query_labels
-from fedmeta.config import Scenario, scenario_from_dict
-from fedmeta.data import DATASETS
-from fedmeta.data.base import DataSource
+from fedmeta.data import DATASETS, DataSource
 from fedmeta.episodes import EpisodeSampler
 from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS, Learner
 from fedmeta.models import MODELS
 from fedmeta.partition import PARTITIONERS, Layout, Shard, build_layout, holdout_split
 from fedmeta.privacy.dpsgd import make_private
-from fedmeta.skew import SKEW, ClientSkew
+from fedmeta.protocol import Stream, rng_for, torch_seed_for
+from fedmeta.scenario import Scenario, scenario_from_dict
+from fedmeta.skew import ClientSkew
 from fedmeta.tasks import Task
-
-TRAIN, EVAL, INIT = 1, 2, 3
-AUDIT = 7
-"""Random-stream key of the audit: its held-back examples, clients and tasks."""
-
-
-def rng_for(seed: int, *keys: int) -> np.random.Generator:
-    """A generator determined by the scenario seed and integer keys (purpose, round, client)."""
-    return np.random.default_rng([seed, *keys])
-
-
-def torch_seed_for(seed: int, *keys: int) -> int:
-    return int(rng_for(seed, *keys).integers(2**62))
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,7 +89,7 @@ class Experiment:
 
     def _audit_split(self, partition_id: int) -> tuple[Shard, Shard]:
         if partition_id not in self._audit_splits:
-            rng = rng_for(self.scenario.seed, AUDIT, partition_id)
+            rng = rng_for(self.scenario.seed, Stream.AUDIT, partition_id)
             fraction = self.scenario.privacy.audit_holdout
             shard = self.layout.shard(partition_id)
             self._audit_splits[partition_id] = holdout_split(shard, fraction, rng)
@@ -131,7 +117,7 @@ class Experiment:
             if self.scenario.skew.active:
                 held = self.is_heldout(partition_id)
                 index = partition_id - self.scenario.clients.train if held else partition_id
-                rng = rng_for(self.scenario.seed, SKEW, int(held), index)
+                rng = rng_for(self.scenario.seed, Stream.SKEW, int(held), index)
                 skew = ClientSkew.draw(self.scenario.skew, rng, held)
             self._samplers[partition_id, query] = EpisodeSampler(
                 self.source,
@@ -151,9 +137,10 @@ class Experiment:
             # keyed by the held-out index, not the partition id: the same tasks whatever
             # the number of training clients
             if self.is_heldout(partition_id):
-                rng = rng_for(self.scenario.seed, EVAL, partition_id - self.scenario.clients.train)
+                index = partition_id - self.scenario.clients.train
+                rng = rng_for(self.scenario.seed, Stream.EVAL, index)
             else:  # training clients are not evaluated by the server; own stream for tools
-                rng = rng_for(self.scenario.seed, EVAL, partition_id, 1)
+                rng = rng_for(self.scenario.seed, Stream.EVAL, partition_id, 1)
             ev = self.scenario.evaluation
             tasks = self.sampler(partition_id, ev.query).sample(rng, ev.tasks_per_client)
             self._eval_tasks[partition_id] = [t.to(self.device) for t in tasks]
@@ -162,8 +149,8 @@ class Experiment:
     def train_sampler(self, partition_id: int, server_round: int):
         """``sample(n)`` for one client's local update in one round (seeds torch as well)."""
         seed = self.scenario.seed
-        torch.manual_seed(torch_seed_for(seed, TRAIN, server_round, partition_id))
-        rng = rng_for(seed, TRAIN, server_round, partition_id)
+        torch.manual_seed(torch_seed_for(seed, Stream.TRAIN, server_round, partition_id))
+        rng = rng_for(seed, Stream.TRAIN, server_round, partition_id)
         sampler = self.sampler(partition_id)
         adv = self.scenario.adversary
         if partition_id in self.byzantine and adv.attack == "label-flip":
@@ -175,7 +162,7 @@ class Experiment:
 
     def initial_params(self) -> dict[str, Tensor]:
         """Seeded initial meta-parameters (CPU tensors)."""
-        torch.manual_seed(torch_seed_for(self.scenario.seed, INIT))
+        torch.manual_seed(torch_seed_for(self.scenario.seed, Stream.INIT))
         model = build_model(self.scenario, self.source)
         return self.learner.init_params(
             {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -247,7 +234,3 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
 def experiment_from_json(scenario_json: str) -> Experiment:
     """The per-process cached experiment of a scenario sent over the wire as JSON."""
     return build_experiment(scenario_from_dict(json.loads(scenario_json)))
-
-
-def scenario_json(scenario: Scenario) -> str:
-    return json.dumps(scenario.to_toml(), sort_keys=True)

@@ -63,6 +63,12 @@ class Conv4(nn.Module):
 
     Options = Conv4Options
 
+    @staticmethod
+    def mixes_examples(options: Conv4Options) -> bool:
+        """Whether one example's output depends on the others in its batch (BatchNorm with
+        batch statistics does): per-example gradients, and so DP-SGD, need it false."""
+        return options.norm == "batch"
+
     def __init__(
         self, in_shape: tuple[int, ...], n_way: int, width: int = 64, norm: str = "batch"
     ) -> None:
@@ -86,6 +92,11 @@ class MLP(nn.Module):
     """A ReLU MLP with hidden sizes ``hidden`` (MAML's sinusoid net is ``(40, 40)``)."""
 
     Options = MLPOptions
+
+    @staticmethod
+    def mixes_examples(options: MLPOptions) -> bool:
+        """An MLP treats every example on its own."""
+        return False
 
     def __init__(
         self, in_shape: tuple[int, ...], n_way: int, hidden: tuple[int, ...] = (40, 40)

@@ -1,10 +1,15 @@
 """Name registries: every pluggable piece is resolved once, by name, here.
 
 Clients and strategies never switch on strings; they receive objects built from a registry.
+A registry may *discover* its entries: given a package, it imports every module of that package
+the first time it is asked for a name, and each module registers its own entries. Adding a
+learner, a dataset or a server strategy is then one new file, with no import list to edit.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -20,10 +25,14 @@ class Registry(Generic[T]):
     ----------
     kind : str
         What the registry holds, used in error messages (for example ``"learner"``).
+    package : str, optional
+        A package whose modules register the entries (imported on first lookup; modules whose
+        name starts with ``_`` are skipped).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self._package = package
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
 
@@ -40,8 +49,17 @@ class Registry(Generic[T]):
 
         return deco
 
+    def _discover(self) -> None:
+        package, self._package = self._package, None
+        if package is None:
+            return
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package}.{info.name}")
+
     def get(self, name: str, key: str | None = None) -> T:
         """The entry named ``name``; an unknown name raises :class:`FedmetaError` naming ``key``."""
+        self._discover()
         try:
             return self._items[name]
         except KeyError:
@@ -51,12 +69,15 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        self._discover()
         return sorted(self._items)
 
     def describe(self, name: str) -> str:
+        self._discover()
         return self._help.get(name, "")
 
     def __contains__(self, name: object) -> bool:
+        self._discover()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

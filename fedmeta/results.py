@@ -19,12 +19,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
-import torch
 
 from fedmeta.errors import FedmetaError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -46,6 +48,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch  # torch only where tensors are written: plots and reports never need it
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -96,6 +100,8 @@ class RunDir:
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.exists():
             return None
+        import torch
+
         return torch.load(self.checkpoint_path, weights_only=False)
 
     def truncate_metrics(self, last_round: int) -> None:

@@ -34,9 +34,6 @@ from pydantic import Field
 from fedmeta.options import Options
 from fedmeta.tasks import Task
 
-SKEW = 4
-"""Random-stream key of the per-client skew draws (see :func:`fedmeta.experiment.rng_for`)."""
-
 
 class SkewOptions(Options):
     rotation: float = Field(0.0, ge=0, le=180)

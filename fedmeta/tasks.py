@@ -41,17 +41,6 @@ class Task:
         pFedMe)."""
         return torch.cat([self.support_x, self.query_x]), torch.cat([self.support_y, self.query_y])
 
-    def double(self) -> Task:
-        """Features in float64 (targets keep their dtype unless they are floats)."""
-
-        def cast(t: Tensor) -> Tensor:
-            return t.double() if t.is_floating_point() else t
-
-        return Task(
-            *(cast(t) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
-            classes=self.classes,
-        )
-
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 TaskBatchFn = Callable[[int], list[Task]]

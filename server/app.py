@@ -15,10 +15,10 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmeta.config import Scenario, load_scenario
 from fedmeta.experiment import build_experiment
 from fedmeta.privacy.audit import run_audit
 from fedmeta.results import RunDir
+from fedmeta.scenario import Scenario, load_scenario
 from server.loop import Progress, run_rounds
 
 log = logging.getLogger("fedmeta")

@@ -2,25 +2,17 @@
 
 Each held-out client replies with one value per evaluated task for every metric (lists in its
 MetricRecord). The pooled mean is over tasks and its 95% confidence interval is
-``1.96 * std / sqrt(n_tasks)``, the convention of Finn et al. (2017) and later few-shot papers.
+``1.96 * std / sqrt(n_tasks)``, the convention of Finn et al. (2017) and later few-shot papers
+(:func:`fedmeta.stats.mean_ci95`).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
-PER_TASK = ("query-acc-pre", "query-acc-post", "query-loss-pre", "query-loss-post")
-
-
-def mean_ci95(values) -> tuple[float, float]:
-    """Mean and half-width of the normal-approximation 95% confidence interval."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v)))
+from fedmeta.protocol import PER_TASK
+from fedmeta.stats import mean_ci95
 
 
 def pool_heldout_metrics(contents: list[RecordDict]) -> MetricRecord:

@@ -12,16 +12,24 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from clients.mods import NOISE
-from fedmeta.experiment import Experiment, rng_for, scenario_json
-from fedmeta.privacy.options import UNIT_WEIGHT
+from fedmeta.experiment import Experiment
+from fedmeta.protocol import (
+    COMPUTE_SECONDS,
+    CONFIG,
+    EVAL_INNER_STEPS,
+    INFO,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    SCENARIO,
+    UNIT_WEIGHT,
+)
 from fedmeta.results import RunDir
 from server.privacy import Privacy
 from server.secagg import secure_round
-from server.strategies import FedMetaMixin, build_strategy
+from server.strategies import build_strategy
 
 
 class ClientFailure(RuntimeError):
@@ -47,13 +55,13 @@ def wait_for_nodes(grid, expected: int, timeout: float = 300.0) -> list[int]:
 def map_partitions(grid, nodes: list[int], config: ConfigRecord, timeout: float) -> dict[int, int]:
     """One QUERY round: node id -> partition id."""
     msgs = [
-        Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
+        Message(RecordDict({CONFIG: config}), dst_node_id=n, message_type=MessageType.QUERY)
         for n in nodes
     ]
     partition_of = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         _raise_if_error(reply)
-        partition_of[reply.metadata.src_node_id] = int(reply.content["info"]["partition-id"])
+        partition_of[reply.metadata.src_node_id] = int(reply.content[INFO][PARTITION_ID])
     return partition_of
 
 
@@ -103,99 +111,131 @@ def eval_rounds(exp: Experiment) -> set[int]:
     return out | ({0} if ev.at_start else set())
 
 
+class RoundLoop:
+    """One run's federated training, or its resumption from the last checkpoint.
+
+    Construction maps nodes to partitions, builds the strategy (wrapped for privacy) and
+    restores a checkpoint if there is one; :meth:`run` then alternates :meth:`train_round`,
+    :meth:`evaluate_round` and :meth:`checkpoint`, writing metrics every round.
+    """
+
+    def __init__(self, grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> None:
+        sc = exp.scenario
+        self.grid, self.exp, self.run_dir, self.progress = grid, exp, run_dir, progress
+        self.config = ConfigRecord({SCENARIO: sc.to_json()})
+        if sc.evaluation.inner_steps is not None:
+            self.config[EVAL_INNER_STEPS] = sc.evaluation.inner_steps
+        nodes = wait_for_nodes(grid, exp.n_clients)
+        partition_of = map_partitions(grid, nodes, self.config, sc.train.timeout)
+        weight_key = UNIT_WEIGHT if sc.privacy.central_dp else NUM_EXAMPLES
+        self.strategy = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
+        self.private = Privacy(self.strategy, sc)  # .strategy: Flower's DP wrapper, or strategy
+        self.exchange = make_exchange(exp, weight_key)
+        self.strategy.bind(
+            partition_of,
+            sc.clients.train,
+            sc.train.fraction,
+            sc.seed,
+            eval_rounds(exp),
+            sc.train.dropout,
+        )
+        self.arrays, self.state = self._restore()
+        self.latest = last_heldout(run_dir)
+        self.model_bytes = array_bytes(self.arrays)  # every message carries one model
+
+    def _restore(self) -> tuple[ArrayRecord, dict[str, Any]]:
+        """The initial parameters and zero counters, or those of the last checkpoint (whose
+        later metric records are dropped: that work is redone)."""
+        ckpt = self.run_dir.load_checkpoint()
+        if ckpt is None:
+            arrays = ArrayRecord(self.exp.initial_params())
+            return arrays, {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0}
+        self.strategy.load_state(ckpt["strategy"])
+        self.private.load_state(ckpt.get("privacy", {}))
+        self.run_dir.truncate_metrics(ckpt["counters"]["round"])
+        return ArrayRecord(ckpt["params"]), ckpt["counters"]
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``train.rounds`` (or ``train.max-seconds``); returns the summary dict."""
+        sc, state = self.exp.scenario, self.state
+        self.progress.start(sc.train.rounds, state["round"] + 1)
+        t_resume = time.monotonic() - state["wall"]
+        for rnd in range(state["round"] + 1, sc.train.rounds + 1):
+            info = self.train_round(rnd) if rnd > 0 else {}
+            out_of_time = sc.train.max_seconds is not None and (
+                time.monotonic() - t_resume > sc.train.max_seconds
+            )
+            if out_of_time:
+                self.strategy.eval_rounds.add(rnd)  # the last round is always evaluated
+            self.evaluate_round(rnd)
+            state["round"] = rnd
+            state["wall"] = time.monotonic() - t_resume
+            self.run_dir.append_metrics(
+                rnd, "system", {"wall-seconds": state["wall"], "bytes-communicated": state["bytes"]}
+            )
+            if rnd % sc.train.checkpoint_every == 0 or rnd == sc.train.rounds or out_of_time:
+                self.checkpoint()
+            self.progress.update(rnd, {**info, "latest": self.latest, "wall": state["wall"]})
+            if out_of_time:
+                break
+        self.progress.finish()
+        return summarize(self.exp, self.latest, state, self.private.summary())
+
+    def train_round(self, rnd: int) -> dict[str, Any]:
+        """Sample, train and aggregate one round; returns the round's counts for progress."""
+        t_train = time.monotonic()
+        trainer = self.private.strategy
+        msgs = list(trainer.configure_train(rnd, self.arrays, ConfigRecord(self.config), self.grid))
+        replies, ok = self.exchange(self.grid, msgs)
+        self.state["bytes"] += self.model_bytes * (len(msgs) + len(ok))  # down and up
+        compute = [float(r.content[METRICS][COMPUTE_SECONDS]) for r in ok]
+        self.state["compute"] += sum(compute)
+        new_arrays, train_metrics = self.private.aggregate(rnd, replies)
+        if new_arrays is not None:
+            self.arrays = new_arrays
+        info = {
+            "clients": len(ok),
+            "failed": len(replies) - len(ok),
+            "dropped": self.strategy.dropped,
+            "round-train-seconds": time.monotonic() - t_train,
+            **self.private.after_round(ok, self.strategy.partition_of, new_arrays is not None),
+        }
+        metrics = {k: v for k, v in (train_metrics or {}).items() if k != COMPUTE_SECONDS}
+        self.run_dir.append_metrics(
+            rnd, "train", {**metrics, **info, "client-compute-seconds": compute}
+        )
+        return info
+
+    def evaluate_round(self, rnd: int) -> None:
+        """Held-out evaluation, on the rounds the strategy evaluates."""
+        config = ConfigRecord(self.config)
+        msgs = list(self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid))
+        if not msgs:
+            return
+        timeout = self.exp.scenario.train.timeout
+        replies, _ = _check(self.grid.send_and_receive(msgs, timeout=timeout))
+        self.state["bytes"] += self.model_bytes * len(msgs)
+        heldout = self.strategy.aggregate_evaluate(rnd, replies)
+        if heldout is not None:
+            self.latest = {"round": rnd, **dict(heldout)}
+            self.run_dir.append_metrics(rnd, "heldout", dict(heldout))
+
+    def checkpoint(self) -> None:
+        """Save everything a resumed run needs: parameters, server-optimiser and privacy state,
+        and the counters."""
+        self.run_dir.save_checkpoint(
+            {
+                "params": self.arrays.to_torch_state_dict(),
+                "strategy": self.strategy.state(),
+                "privacy": self.private.state(),
+                "counters": dict(self.state),
+            }
+        )
+
+
 def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
     """Run (or resume) the whole federated training; returns the summary dict."""
-    sc = exp.scenario
-    config = ConfigRecord({"scenario": scenario_json(sc)})
-    if sc.evaluation.inner_steps is not None:
-        config["eval-inner-steps"] = sc.evaluation.inner_steps
-    nodes = wait_for_nodes(grid, exp.n_clients)
-    partition_of = map_partitions(grid, nodes, config, sc.train.timeout)
-    weight_key = UNIT_WEIGHT if sc.privacy.central_dp else "num-examples"
-    strategy: FedMetaMixin = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
-    private = Privacy(strategy, sc)  # private.strategy: Flower's DP wrapper, or strategy
-    exchange = make_exchange(exp, weight_key)
-    strategy.bind(
-        partition_of,
-        sc.clients.train,
-        sc.train.fraction,
-        sc.seed,
-        eval_rounds(exp),
-        sc.train.dropout,
-    )
-
-    ckpt = run_dir.load_checkpoint()
-    if ckpt is None:
-        arrays = ArrayRecord(exp.initial_params())
-        state = {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0}
-    else:
-        arrays = ArrayRecord(ckpt["params"])
-        strategy.load_state(ckpt["strategy"])
-        private.load_state(ckpt.get("privacy", {}))
-        state = ckpt["counters"]
-        run_dir.truncate_metrics(state["round"])
-    progress.start(sc.train.rounds, state["round"] + 1)
-    latest = last_heldout(run_dir)
-    t_resume = time.monotonic() - state["wall"]
-    model_bytes = array_bytes(arrays)  # every message carries one model of this size
-
-    for rnd in range(state["round"] + 1, sc.train.rounds + 1):
-        info: dict[str, Any] = {}
-        if rnd > 0:
-            t_train = time.monotonic()
-            trainer = private.strategy
-            msgs = list(trainer.configure_train(rnd, arrays, ConfigRecord(config), grid))
-            replies, ok = exchange(grid, msgs)
-            state["bytes"] += model_bytes * (len(msgs) + len(ok))  # down and up
-            compute = [float(r.content["metrics"]["compute-seconds"]) for r in ok]
-            state["compute"] += sum(compute)
-            np.random.seed(rng_for(sc.seed, NOISE, rnd).integers(2**32))  # Flower's DP noise
-            new_arrays, train_metrics = trainer.aggregate_train(rnd, replies)
-            if new_arrays is not None:
-                arrays = new_arrays
-            info = {
-                "clients": len(ok),
-                "failed": len(replies) - len(ok),
-                "dropped": strategy.dropped,
-                "round-train-seconds": time.monotonic() - t_train,
-                **private.after_round(ok, strategy.partition_of, new_arrays is not None),
-            }
-            metrics = {k: v for k, v in (train_metrics or {}).items() if k != "compute-seconds"}
-            run_dir.append_metrics(
-                rnd, "train", {**metrics, **info, "client-compute-seconds": compute}
-            )
-        out_of_time = sc.train.max_seconds is not None and (
-            time.monotonic() - t_resume > sc.train.max_seconds
-        )
-        if out_of_time:
-            strategy.eval_rounds.add(rnd)  # the last round is always evaluated
-        msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(config), grid))
-        if msgs:
-            replies, _ = _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
-            state["bytes"] += model_bytes * len(msgs)
-            heldout = strategy.aggregate_evaluate(rnd, replies)
-            if heldout is not None:
-                latest = {"round": rnd, **dict(heldout)}
-                run_dir.append_metrics(rnd, "heldout", dict(heldout))
-        state["round"] = rnd
-        state["wall"] = time.monotonic() - t_resume
-        run_dir.append_metrics(
-            rnd, "system", {"wall-seconds": state["wall"], "bytes-communicated": state["bytes"]}
-        )
-        if rnd % sc.train.checkpoint_every == 0 or rnd == sc.train.rounds or out_of_time:
-            run_dir.save_checkpoint(
-                {
-                    "params": arrays.to_torch_state_dict(),
-                    "strategy": strategy.state(),
-                    "privacy": private.state(),
-                    "counters": dict(state),
-                }
-            )
-        progress.update(rnd, {**info, "latest": latest, "wall": state["wall"]})
-        if out_of_time:
-            break
-    progress.finish()
-    return summarize(exp, latest, state, private.summary())
+    return RoundLoop(grid, exp, run_dir, progress).run()
 
 
 def last_heldout(run_dir: RunDir) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import Message
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -28,11 +29,12 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedmeta.config import Scenario
 from fedmeta.privacy.accounting import Ledger, clients_per_round, planned_noise
 from fedmeta.privacy.dpsgd import REPORTED
 from fedmeta.privacy.options import PrivacyOptions
+from fedmeta.protocol import METRICS, Stream, rng_for
 from fedmeta.registry import Registry
+from fedmeta.scenario import Scenario
 
 Wrap = Callable[[Strategy, float, PrivacyOptions, int], Strategy]
 CENTRAL: Registry[Wrap] = Registry("central DP mode")
@@ -87,7 +89,7 @@ class Privacy:
 
     def __init__(self, inner: Strategy, scenario: Scenario) -> None:
         p = scenario.privacy
-        self.inner, self.options = inner, p
+        self.inner, self.options, self.seed = inner, p, scenario.seed
         self.per_round = clients_per_round(scenario)
         self.sample_rate = self.per_round / scenario.clients.train
         self.noise = planned_noise(scenario) if p.central_dp else 0.0
@@ -100,6 +102,15 @@ class Privacy:
         self.examples: dict[int, Ledger] = {}
         self.example_eps: dict[int, float] = {}
         self.replies: dict[int, int] = {}
+
+    def aggregate(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round's aggregate through :attr:`strategy`. Flower's DP wrappers draw their
+        noise from numpy's global generator, so it is seeded per round first: a private run is
+        reproducible."""
+        np.random.seed(rng_for(self.seed, Stream.NOISE, server_round).integers(2**32))
+        return self.strategy.aggregate_train(server_round, replies)
 
     def after_round(
         self, replies: list[Message], partition_of: dict[int, int], aggregated: bool
@@ -117,7 +128,7 @@ class Privacy:
         for reply in replies:
             pid = partition_of[reply.metadata.src_node_id]
             self.replies[pid] = self.replies.get(pid, 0) + 1
-            metrics = reply.content["metrics"]
+            metrics = reply.content[METRICS]
             if "dp-sgd-tasks" in metrics:
                 z, q, n = (float(metrics[k]) for k in REPORTED)
                 ledger = self.examples.setdefault(pid, Ledger(p.delta, p.accountant))

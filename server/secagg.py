@@ -25,8 +25,8 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
-from clients.mods import NAMES, WEIGHT_KEY
 from fedmeta.privacy.options import PrivacyOptions
+from fedmeta.protocol import ARRAYS, CONFIG, METRICS, SECAGG_NAMES, SECAGG_WEIGHT_KEY, SERVER_ROUND
 
 
 class _Proxy:
@@ -47,9 +47,9 @@ class _LegacyShim:
     def configure_fit(self, server_round: int, parameters: Any, client_manager: Any):
         out = []
         for msg in self.messages:
-            arrays = msg.content["arrays"]
-            config = {**dict(msg.content["config"]), NAMES: json.dumps(list(arrays.keys()))}
-            config[WEIGHT_KEY] = self.weight_key
+            arrays = msg.content[ARRAYS]
+            config = {**dict(msg.content[CONFIG]), SECAGG_NAMES: json.dumps(list(arrays.keys()))}
+            config[SECAGG_WEIGHT_KEY] = self.weight_key
             params = ndarrays_to_parameters(arrays.to_numpy_ndarrays())
             out.append((_Proxy(msg.metadata.dst_node_id), FitIns(params, config)))
         return out
@@ -87,19 +87,18 @@ def secure_round(
         timeout=timeout,
     )
     state = RecordDict()
-    server_round = int(messages[0].content["config"]["server-round"])
+    server_round = int(messages[0].content[CONFIG][SERVER_ROUND])
     state.config_records["config"] = ConfigRecord({"current_round": server_round})
     state.array_records["parameters"] = compat.parameters_to_arrayrecord(
-        ndarrays_to_parameters(messages[0].content["arrays"].to_numpy_ndarrays()), True
+        ndarrays_to_parameters(messages[0].content[ARRAYS].to_numpy_ndarrays()), True
     )
     base = Context(run_id=0, node_id=0, node_config={}, state=state, run_config={})
     workflow(grid, LegacyContext(base, strategy=shim))  # type: ignore[arg-type]
     if not shim.results:
         raise RuntimeError(
-            "secure aggregation halted: too few clients answered for the reconstruction "
-            "threshold"
+            "secure aggregation halted: too few clients answered for the reconstruction threshold"
         )
-    sent = messages[0].content["arrays"]
+    sent = messages[0].content[ARRAYS]
     mean = parameters_to_ndarrays(shim.results[0][1].parameters)  # float64 after dequantizing
     dtypes = [a.dtype for a in sent.to_numpy_ndarrays()]
     aggregate = ArrayRecord(
@@ -111,6 +110,6 @@ def secure_round(
         fitres = by_node.get(msg.metadata.dst_node_id)
         if fitres is not None:
             metrics = MetricRecord({**fitres.metrics, weight_key: 1})
-            content = RecordDict({"arrays": aggregate, "metrics": metrics})
+            content = RecordDict({ARRAYS: aggregate, METRICS: metrics})
             replies.append(Message(content, reply_to=msg))
     return replies

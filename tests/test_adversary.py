@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from fedmeta.adversary import AdversaryOptions, attack_weights, byzantine_clients, flip_query_labels
-from fedmeta.config import scenario_from_dict
 from fedmeta.experiment import build_experiment
 from fedmeta.results import RunDir
+from fedmeta.scenario import scenario_from_dict
 from fedmeta.tasks import Task
+
+pytestmark = pytest.mark.usefixtures("shared_ray")  # simulations attach to one Ray head
 
 
 def test_byzantine_clients_are_a_seeded_fraction():
@@ -59,7 +61,7 @@ class _Quiet:
 def _sinusoid_run(strategy: dict, fraction: float) -> tuple[float, float]:
     """Held-out MSE after adaptation at round 0 and after 8 rounds of federated MAML on
     sinusoids, with a fraction of sign-flipping clients (scale 5)."""
-    from fedmeta.simulation import simulate
+    from runner.simulation import simulate
 
     raw = {
         "name": "byzantine",
@@ -90,6 +92,7 @@ def _sinusoid_run(strategy: dict, fraction: float) -> tuple[float, float]:
     return start, summary["heldout"]["query-loss-post"]
 
 
+@pytest.mark.slow  # 4 simulations of 40 rounds, about 55 s
 def test_sign_flippers_break_fedavg_but_not_a_robust_aggregator():
     """On MAML's sinusoid toy (the held-out score is the MSE after adaptation; lower is
     better), 20% sign-flipping clients make FedAvg worse than no training at all, while

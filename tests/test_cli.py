@@ -8,7 +8,7 @@ import sys
 import pytest
 import tomli_w
 
-from fedmeta.cli import run_cli
+from runner.cli import run_cli
 
 
 def write(tmp_path, raw, name="s.toml"):
@@ -19,7 +19,7 @@ def write(tmp_path, raw, name="s.toml"):
 
 def fedmeta(*args):
     return subprocess.run(
-        [sys.executable, "-m", "fedmeta.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "runner.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -104,7 +104,7 @@ def test_shipped_scenarios_validate_offline():
     """Every shipped scenario parses; those on embedded data also build fully."""
     from pathlib import Path
 
-    from fedmeta.config import load_scenario
+    from fedmeta.scenario import load_scenario
 
     for path in sorted(Path(__file__).parents[1].glob("scenarios/*.toml")):
         sc = load_scenario(path)
@@ -113,12 +113,12 @@ def test_shipped_scenarios_validate_offline():
 
 
 def test_a_crash_mid_run_points_to_resume(tmp_path, tiny_raw, capsys, monkeypatch):
-    import fedmeta.simulation
+    import runner.simulation
 
     def crash(scenario, run_dir, progress):
         raise RuntimeError("raylet died")
 
-    monkeypatch.setattr(fedmeta.simulation, "simulate", crash)
+    monkeypatch.setattr(runner.simulation, "simulate", crash)
     out = tmp_path / "run"
     assert run_cli(["run", write(tmp_path, tiny_raw), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -6,8 +6,8 @@ import pytest
 import tomli_w
 import tomllib
 
-from fedmeta.config import apply_overrides, load_scenario, scenario_from_dict
 from fedmeta.errors import FedmetaError
+from fedmeta.scenario import apply_overrides, load_scenario, scenario_from_dict
 
 
 def test_defaults_fill_in(tiny_raw):
@@ -80,7 +80,7 @@ def test_missing_file_is_user_error(tmp_path):
 
 
 def test_setting_a_named_table_name_keeps_only_options_the_new_entry_takes(tiny_raw):
-    from fedmeta.config import apply_overrides
+    from fedmeta.scenario import apply_overrides
 
     tiny_raw["partition"] = {"name": "label-split", "classes-per-client": 2, "divide": True}
     raw = apply_overrides(tiny_raw, ["partition.name=dirichlet", "partition.alpha=0.1"])

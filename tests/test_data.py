@@ -45,13 +45,9 @@ def check_pools(src: DataSource) -> None:
 
 
 def test_registry_and_kebab_options() -> None:
-    assert DATASETS.names() == [
-        "heart-disease",
-        "omniglot",
-        "retinamnist",
-        "sinusoid",
-        "synthetic",
-    ]
+    for name in DATASETS.names():  # every source: described, with options and a builder
+        spec = DATASETS.get(name)
+        assert DATASETS.describe(name) and callable(spec.build) and spec.Options() is not None
     options = DATASETS.get("synthetic").Options.model_validate({"num-classes": 12})
     assert options.num_classes == 12 and options.examples_per_class == 20
     with pytest.raises(ValidationError, match="num-class"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from fedmeta.config import scenario_from_dict
 from fedmeta.evaluate import evaluate_tasks
-from fedmeta.experiment import build_experiment, data_loads, experiment_from_json, scenario_json
+from fedmeta.experiment import build_experiment, data_loads, experiment_from_json
+from fedmeta.scenario import scenario_from_dict
 
 
 def test_data_is_loaded_once_per_process(tiny_raw):
@@ -16,7 +17,7 @@ def test_data_is_loaded_once_per_process(tiny_raw):
     sc = scenario_from_dict(tiny_raw)
     before = data_loads()
     a = build_experiment(sc)
-    b = experiment_from_json(scenario_json(sc))
+    b = experiment_from_json(sc.to_json())
     for pid in range(6):
         a.eval_tasks(pid)
     assert a.source is b.source
@@ -30,7 +31,7 @@ def test_eval_tasks_identical_across_learners_and_strategies(tiny_raw):
     for pid in (4, 5):
         for ta, tb in zip(a.eval_tasks(pid), b.eval_tasks(pid), strict=True):
             assert torch.equal(ta.support_x, tb.support_x) and torch.equal(ta.query_y, tb.query_y)
-    assert json.loads(scenario_json(base))["seed"] == 3
+    assert json.loads(base.to_json())["seed"] == 3
 
 
 def test_seeded_initialisation_and_training_tasks(tiny_raw):
@@ -52,4 +53,8 @@ def test_evaluation_reports_pre_and_post_per_task(tiny_raw):
     out = evaluate_tasks(exp.learner, exp.initial_params(), tasks, exp.source.kind)
     assert set(out) == {"query-acc-pre", "query-acc-post", "query-loss-pre", "query-loss-post"}
     assert all(len(v) == len(tasks) == 3 for v in out.values())
-    assert all(0.0 <= a <= 1.0 for a in out["query-acc-post"])
+    # 3-way with 2 queries per class: an accuracy counts correct answers out of 6
+    assert all(a * 6 == pytest.approx(round(a * 6)) for a in out["query-acc-post"])
+    still = evaluate_tasks(exp.learner, exp.initial_params(), tasks, exp.source.kind, steps=0)
+    assert still["query-acc-post"] == still["query-acc-pre"] == out["query-acc-pre"]
+    assert still["query-loss-post"] == still["query-loss-pre"] == out["query-loss-pre"]

@@ -22,20 +22,8 @@ from fedmeta.learners.perfedavg import hessian_vector_product
 from fedmeta.models import MLP, Conv4
 from fedmeta.tasks import Task
 
-ALL = [
-    "anil",
-    "ditto",
-    "fedavg",
-    "fomaml",
-    "local-only",
-    "maml",
-    "meta-sgd",
-    "perfedavg-fo",
-    "perfedavg-hf",
-    "pfedme",
-    "protonet",
-    "reptile",
-]
+ALL = LEARNERS.names()
+"""Every registered learner: each property test below runs on all of them."""
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -451,9 +439,19 @@ def test_fedavg_new_client_starts_from_a_fresh_n_way_head():
 
 
 # -- every learner ------------------------------------------------------------------------------
-def test_registry_holds_every_learner():
-    assert LEARNERS.names() == ALL
+def test_every_learner_module_registers_a_described_learner():
+    """One file per learner: every module of the package (but the base) registers at least
+    one learner, and every learner has a one-line description and its options table."""
+    import pkgutil
+
+    import fedmeta.learners
+    from fedmeta.learners.base import LearnerConfig
+
+    modules = {m.name for m in pkgutil.iter_modules(fedmeta.learners.__path__)} - {"base"}
+    registered = {LEARNERS.get(name).__module__.rpartition(".")[2] for name in ALL}
+    assert modules <= registered
     assert all(LEARNERS.describe(name) for name in ALL)
+    assert all(issubclass(LEARNERS.get(name).Options, LearnerConfig) for name in ALL)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -323,8 +323,8 @@ def test_local_only_learns_nothing_from_clients_and_adapts_from_scratch():
 
 
 def test_global_head_learners_build_one_output_per_training_class(tiny_raw):
-    from fedmeta.config import scenario_from_dict
     from fedmeta.experiment import build_experiment
+    from fedmeta.scenario import scenario_from_dict
 
     for name, global_head in (("ditto", True), ("fedavg", True), ("protonet", False)):
         exp = build_experiment(scenario_from_dict(dict(tiny_raw, learner={"name": name})))

@@ -8,13 +8,14 @@ import pytest
 import tomli_w
 import torch
 
-from fedmeta.cli import run_cli
-from fedmeta.config import scenario_from_dict
 from fedmeta.experiment import build_experiment
 from fedmeta.partition import power_law_sizes
+from fedmeta.scenario import scenario_from_dict
 from fedmeta.skew import ClientSkew, SkewOptions
+from fedmeta.strategies import STRATEGIES
 from fedmeta.tasks import Task
-from server.strategies import STRATEGIES, build_strategy
+from runner.cli import run_cli
+from server.strategies import build_strategy
 from tests.conftest import data_root
 from tests.test_partition import Toy, layout
 
@@ -144,7 +145,7 @@ def shared_data(monkeypatch):
 
 
 def test_heart_disease_leave_one_hospital_out(shared_data):
-    from fedmeta.config import load_scenario
+    from fedmeta.scenario import load_scenario
 
     counts = {"cleveland": (164, 139), "hungarian": (188, 106), "switzerland": (8, 115)}
     counts["va"] = (51, 149)
@@ -163,7 +164,7 @@ def test_heart_disease_leave_one_hospital_out(shared_data):
 
 
 def test_retinamnist_heldout_patients_and_label_split(shared_data):
-    from fedmeta.config import load_scenario
+    from fedmeta.scenario import load_scenario
 
     exp = build_experiment(load_scenario("scenarios/retinamnist-labelsplit.toml"), check_all=True)
     assert exp.source.feature_shape == (3, 28, 28)

@@ -1,15 +1,11 @@
 """Data sources, resolved by name through :data:`DATASETS`.
 
 Every entry is a *dataset spec*: a class with a pydantic ``Options`` model (the scenario's
-kebab-case keys, validated) and ``build(options, root, seed, download) -> DataSource``.
+kebab-case keys, validated) and ``build(options, root, seed, download) -> DataSource``. Each
+module of this package registers its own; :data:`DATASETS` imports them all on first lookup, so a
+new dataset is one new file.
 """
 
-from fedmeta.data.base import DatasetOptions, DataSource, cache_dir, resolve_root
-from fedmeta.registry import Registry
-
-DATASETS: Registry[type] = Registry("dataset")
+from fedmeta.data.base import DATASETS, DatasetOptions, DataSource, cache_dir, resolve_root
 
 __all__ = ["DATASETS", "DataSource", "DatasetOptions", "cache_dir", "resolve_root"]
-
-# Imported last so that they can register themselves in DATASETS.
-from fedmeta.data import heart, omniglot, retina, sinusoid, synthetic  # noqa: E402, F401

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedmeta.errors import FedmetaError
 from fedmeta.options import Options
+from fedmeta.registry import Registry
 from fedmeta.tasks import CLASSIFICATION, TaskKind
 
 
@@ -54,6 +55,10 @@ class DataSource(ABC):
     def groups(self, role: str) -> dict[str, np.ndarray] | None:
         """Optional natural grouping of a pool's classes (Omniglot: alphabets)."""
         return None
+
+
+DATASETS: Registry[type] = Registry("dataset", package="fedmeta.data")
+"""Every data source, by name; each module of :mod:`fedmeta.data` registers its own."""
 
 
 def cache_dir() -> Path:

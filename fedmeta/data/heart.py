@@ -30,9 +30,8 @@ from typing import Literal
 
 import numpy as np
 
-from fedmeta.data import DATASETS
 from fedmeta.data.arrays import ArraySource
-from fedmeta.data.base import DatasetOptions, resolve_root
+from fedmeta.data.base import DATASETS, DatasetOptions, resolve_root
 from fedmeta.errors import FedmetaError
 
 HOSPITALS = ("cleveland", "hungarian", "switzerland", "va")

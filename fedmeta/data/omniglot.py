@@ -24,8 +24,14 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from fedmeta.data import DATASETS
-from fedmeta.data.base import DatasetOptions, DataSource, cache_dir, check_role, resolve_root
+from fedmeta.data.base import (
+    DATASETS,
+    DatasetOptions,
+    DataSource,
+    cache_dir,
+    check_role,
+    resolve_root,
+)
 from fedmeta.errors import FedmetaError
 from fedmeta.results import atomic_write_bytes
 

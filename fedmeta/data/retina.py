@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmeta.data import DATASETS
 from fedmeta.data.arrays import ArraySource
-from fedmeta.data.base import DatasetOptions, resolve_root
+from fedmeta.data.base import DATASETS, DatasetOptions, resolve_root
 from fedmeta.errors import FedmetaError
 
 FILE = "retinamnist.npz"

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from fedmeta.data import DATASETS
-from fedmeta.data.base import DatasetOptions, DataSource, check_role, split_pools
+from fedmeta.data.base import DATASETS, DatasetOptions, DataSource, check_role, split_pools
 from fedmeta.tasks import REGRESSION
 
 AMPLITUDE = (0.1, 5.0)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from fedmeta.data import DATASETS
-from fedmeta.data.base import DatasetOptions, DataSource, check_role, split_pools
+from fedmeta.data.base import DATASETS, DatasetOptions, DataSource, check_role, split_pools
 
 _BLOCK = 64  # classes rendered together (results do not depend on it)
 _POINTS = 24  # pen positions sampled along every stroke

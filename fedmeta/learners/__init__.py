@@ -1,23 +1,9 @@
-"""Local meta-learning algorithms, one per file, resolved by name through :data:`LEARNERS`."""
+"""Local meta-learning algorithms, one per file, resolved by name through :data:`LEARNERS`.
 
-from fedmeta.learners.base import Learner, LearnerConfig, Params
-from fedmeta.registry import Registry
+Each module of this package registers its learner; :data:`LEARNERS` imports them all on first
+lookup, so a new learner is one new file.
+"""
 
-LEARNERS: Registry[type[Learner]] = Registry("learner")
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params
 
 __all__ = ["LEARNERS", "Learner", "LearnerConfig", "Params"]
-
-# Importing each algorithm's module registers it in LEARNERS (the imports must follow LEARNERS).
-from fedmeta.learners import (  # noqa: E402, F401
-    anil,
-    ditto,
-    fedavg,
-    fomaml,
-    local_only,
-    maml,
-    metasgd,
-    perfedavg,
-    pfedme,
-    protonet,
-    reptile,
-)

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import HEAD, Learner, Params, sgd_step
+from fedmeta.learners.base import HEAD, LEARNERS, Learner, Params, sgd_step
 from fedmeta.tasks import Task
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fedmeta.options import Options
+from fedmeta.registry import Registry
 from fedmeta.tasks import LossFn, Task, TaskBatchFn
 
 Params = dict[str, Tensor]
@@ -103,6 +104,10 @@ def sgd_step(params: Params, grads: tuple[Tensor, ...] | list[Tensor], lr: float
     return {k: p - lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
 
 
+LEARNERS: Registry[type[Learner]] = Registry("learner", package="fedmeta.learners")
+"""Every learner, by name; each module of :mod:`fedmeta.learners` registers its own."""
+
+
 class Learner:
     """Base class: a local update over the client's tasks plus evaluation-time adaptation.
 
@@ -149,7 +154,7 @@ class Learner:
 
     # -- functional helpers -------------------------------------------------------------
     def forward(self, params: Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, params, (x,))
+        return functional_call(self.model, params, (x,), strict=True)
 
     def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.loss_fn(self.forward(params, x), y)
@@ -157,7 +162,7 @@ class Learner:
     def features(self, params: Params, x: Tensor) -> Tensor:
         """The model's embedding of ``x`` (its ``features`` block, without the head)."""
         inner = {k[len("features.") :]: v for k, v in params.items() if k.startswith("features.")}
-        return functional_call(self.model.features, inner, (x,))
+        return functional_call(self.model.features, inner, (x,), strict=True)
 
     def value_and_grad(
         self, params: Params, x: Tensor, y: Tensor, create_graph: bool = False

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import LearnerConfig, LocalContext, Params, sgd_step
+from fedmeta.learners.base import LEARNERS, LearnerConfig, LocalContext, Params, sgd_step
 from fedmeta.learners.fedavg import FedAvg
 from fedmeta.tasks import TaskBatchFn
 

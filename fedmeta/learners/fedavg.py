@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, LearnerConfig, Params, n_way_of, zero_head
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, n_way_of, zero_head
 from fedmeta.tasks import LossFn, Task
 
 

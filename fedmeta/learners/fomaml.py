@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fedmeta.learners import LEARNERS
+from fedmeta.learners.base import LEARNERS
 from fedmeta.learners.maml import MAML
 
 

@@ -8,8 +8,7 @@ with ``eval_inner_steps`` SGD steps. ``fedmeta compare``'s ``local-only`` preset
 
 from __future__ import annotations
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, LocalContext, Params
+from fedmeta.learners.base import LEARNERS, Learner, LocalContext, Params
 from fedmeta.tasks import TaskBatchFn
 
 

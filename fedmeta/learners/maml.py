@@ -18,8 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, Params
+from fedmeta.learners.base import LEARNERS, Learner, Params
 from fedmeta.tasks import Task
 
 

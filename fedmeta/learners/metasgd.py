@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, Params
+from fedmeta.learners.base import LEARNERS, Learner, Params
 from fedmeta.tasks import Task
 
 LR = "meta-sgd-lr."

@@ -25,8 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, Params, sgd_step
+from fedmeta.learners.base import LEARNERS, Learner, Params, sgd_step
 from fedmeta.tasks import Task
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import Learner, LearnerConfig, Params
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params
 from fedmeta.tasks import Task
 
 

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedmeta.learners import LEARNERS
-from fedmeta.learners.base import HEAD, Learner, Params, n_way_of, zero_head
+from fedmeta.learners.base import HEAD, LEARNERS, Learner, Params, n_way_of, zero_head
 from fedmeta.tasks import Task
 
 

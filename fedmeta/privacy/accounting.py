@@ -15,15 +15,10 @@ import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-
-from server.strategies import sample_size
+from fedmeta.protocol import sample_size
 
 if TYPE_CHECKING:
-    from fedmeta.config import Scenario
-
-ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
+    from fedmeta.scenario.schema import Scenario
 
 Event = tuple[float, float, int]
 """``(noise multiplier, sampling rate, steps)``, opacus' history entry."""
@@ -37,7 +32,9 @@ def epsilon(history: Iterable[Event], delta: float, kind: str = "rdp") -> float:
         return 0.0
     if any(z <= 0 for z, _, _ in events):
         return math.inf
-    accountant = ACCOUNTANTS[kind]()
+    from opacus.accountants import PRVAccountant, RDPAccountant  # heavy: imported when used
+
+    accountant = {"rdp": RDPAccountant, "prv": PRVAccountant}[kind]()
     accountant.history = events
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "optimal order is the largest alpha"
@@ -51,6 +48,8 @@ def noise_for_epsilon(
     ``sample_rate`` within ``target_epsilon``; 0 for ``target_epsilon = inf``."""
     if math.isinf(target_epsilon) or steps == 0:
         return 0.0
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(

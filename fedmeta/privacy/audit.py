@@ -29,15 +29,17 @@ training, which makes the attack's task harder, as in any real audit.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from fedmeta.experiment import AUDIT, Experiment, rng_for
+from fedmeta.episodes import assemble
+from fedmeta.experiment import Experiment
 from fedmeta.learners import Learner, Params
+from fedmeta.protocol import Stream, rng_for
+from fedmeta.stats import auc_ci95
 from fedmeta.tasks import Task, TaskKind
 
 
@@ -57,27 +59,18 @@ def audit_task(
     classes = rng.choice(eligible, size=t.n_way, replace=False)
     if t.label_order == "sorted":
         classes = np.sort(classes)
-    parts: dict[str, list] = {"sx": [], "sy": [], "qx": [], "qy": [], "member": []}
-    for pos, c in enumerate(int(c) for c in classes):
+    picks, member = [], []
+    for c in (int(c) for c in classes):
         m = min(len(held.examples[c]), len(train.examples[c]) - t.k_shot, t.query)
         seen = rng.choice(train.examples[c], size=t.k_shot + m, replace=False)
         unseen = rng.choice(held.examples[c], size=m, replace=False)
-        x, y = exp.source.examples(c, np.concatenate([seen, unseen]))
-        if y is None:
-            y = np.full(len(x), pos, dtype=np.int64)
-        parts["sx"].append(x[: t.k_shot])
-        parts["sy"].append(y[: t.k_shot])
-        parts["qx"].append(x[t.k_shot :])
-        parts["qy"].append(y[t.k_shot :])
-        parts["member"].append(np.repeat([True, False], m))
-    task = Task(
-        *(torch.from_numpy(np.concatenate(parts[k])) for k in ("sx", "sy", "qx", "qy")),
-        classes=torch.from_numpy(classes.astype(np.int64)),
-    )
+        picks.append(np.concatenate([seen, unseen]))
+        member.append(np.repeat([True, False], m))
+    task = assemble(exp.source, classes, picks, t.k_shot)
     skew = exp.sampler(partition_id).skew  # the client's own feature shift, if any
     if skew is not None:
         task = skew(task, t.n_way, rng)
-    return task.to(exp.device), np.concatenate(parts["member"])
+    return task.to(exp.device), np.concatenate(member)
 
 
 def example_losses(
@@ -103,16 +96,6 @@ def roc_auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
     return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
 
 
-def auc_ci95(auc: float, members: int, nonmembers: int) -> float:
-    """Half-width of the 95% interval of an AUC estimate from ``members`` and ``nonmembers``
-    scores (Hanley and McNeil, 1982, "The Meaning and Use of the Area under a Receiver
-    Operating Characteristic (ROC) Curve", Radiology)."""
-    a, m, n = auc, members, nonmembers
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (m - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (m * n)
-    return 1.96 * math.sqrt(max(var, 0.0))
-
-
 def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float = 0.01) -> float:
     """Fraction of members scoring above the threshold that only ``fpr`` of non-members pass."""
     threshold = np.quantile(nonmembers, 1 - fpr, method="higher")
@@ -130,7 +113,7 @@ def audit_clients(exp: Experiment) -> list[int]:
     """The audited training clients: a seeded choice of ``privacy.audit-clients``."""
     n = exp.scenario.clients.train
     k = min(n, exp.scenario.privacy.audit_clients)
-    picked = rng_for(exp.scenario.seed, AUDIT).choice(n, size=k, replace=False)
+    picked = rng_for(exp.scenario.seed, Stream.AUDIT).choice(n, size=k, replace=False)
     return sorted(int(p) for p in picked)
 
 
@@ -141,7 +124,7 @@ def run_audit(exp: Experiment, final: Params, initial: Params) -> dict[str, Any]
         raise ValueError("the audit needs privacy.audit = true (it holds back the non-members)")
     tasks, member = [], []
     for pid in audit_clients(exp):
-        rng = rng_for(sc.seed, AUDIT, pid, 1)
+        rng = rng_for(sc.seed, Stream.AUDIT, pid, 1)
         for _ in range(sc.privacy.audit_tasks):
             got = audit_task(exp, pid, rng)
             if got is None:

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 
 from fedmeta.errors import FedmetaError
 from fedmeta.learners import LEARNERS
+from fedmeta.models import MODELS
 from fedmeta.privacy.accounting import clients_per_round, planned_noise
-from server.strategies import STRATEGIES
+from fedmeta.strategies import STRATEGIES
 
 if TYPE_CHECKING:
-    from fedmeta.config import Scenario
+    from fedmeta.scenario.schema import Scenario
 
 SECAGG_MIN_CLIENTS = 3
 """Fewer clients than this per round would let one client subtract its own update from the sum
@@ -60,10 +61,11 @@ def check_privacy(sc: Scenario) -> None:
                 f"learner.name = {sc.learner.name!r}; use one of: "
                 f"{_supporting(LEARNERS, 'supports_example_dp')}"
             )
-        if getattr(sc.model.options, "norm", None) == "batch":
+        if MODELS.get(sc.model.name, key="model.name").mixes_examples(sc.model.options):
             raise FedmetaError(
-                "privacy.example-noise-multiplier (DP-SGD) needs per-example gradients, which "
-                "BatchNorm mixes across a batch; set model.norm = 'group' or 'none'"
+                f"privacy.example-noise-multiplier (DP-SGD) needs per-example gradients, which "
+                f"model.name = {sc.model.name!r} mixes across a batch (BatchNorm); set "
+                f"model.norm = 'group' or 'none'"
             )
     if p.secure_aggregation and per_round < SECAGG_MIN_CLIENTS:
         raise FedmetaError(

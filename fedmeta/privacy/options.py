@@ -27,10 +27,6 @@ from pydantic import Field, model_validator
 
 from fedmeta.options import Options, kebab
 
-UNIT_WEIGHT = "unit-weight"
-"""Metric every training reply carries with value 1: the aggregation weight under central DP
-and secure aggregation (an unweighted mean)."""
-
 CentralMode = Literal["none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive"]
 
 
@@ -77,8 +73,10 @@ class PrivacyOptions(Options):
                     "set central = 'server-fixed' (or another mode)"
                 )
         elif (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError(f"central = {self.central!r} needs exactly one of noise-multiplier "
-                             "and target-epsilon")
+            raise ValueError(
+                f"central = {self.central!r} needs exactly one of noise-multiplier "
+                "and target-epsilon"
+            )
         if self.secure_aggregation and self.central.startswith("server"):
             raise ValueError(
                 f"central = {self.central!r} clips on the server, which secure aggregation "

@@ -68,8 +68,8 @@ def _fmt_audit(a: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedmeta.config import load_scenario
     from fedmeta.experiment import build_experiment
+    from fedmeta.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)
     build_experiment(scenario, check_all=True)  # fail fast on bad data before starting Ray
@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from fedmeta.config import load_scenario
+    from fedmeta.scenario import load_scenario
 
     run = Path(args.run_dir)
     if not (run / "scenario.toml").exists():
@@ -92,9 +92,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _execute(scenario, out: Path) -> int:
-    from fedmeta.progress import RichProgress
     from fedmeta.results import RunDir
-    from fedmeta.simulation import simulate
+    from runner.progress import RichProgress
+    from runner.simulation import simulate
 
     run_dir = RunDir(out)
     run_dir.write_scenario(scenario.to_toml())
@@ -128,11 +128,12 @@ def _csv_list(text: str | None, flag: str) -> list[str] | None:
 
 
 def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
-    from fedmeta.config import read_scenario
     from fedmeta.experiment import build_experiment
-    from fedmeta.progress import RichProgress
-    from fedmeta.report import write_report
-    from fedmeta.study import plan_study, run_study
+    from fedmeta.scenario import read_scenario
+    from fedmeta.study.plan import plan_study
+    from fedmeta.study.report import write_report
+    from runner.progress import RichProgress
+    from runner.study import run_study
 
     raw = read_scenario(args.scenario, args.set)
     study = plan_study(raw, kind, _csv_list(args.strategies, "--strategies"), args.seeds, params)
@@ -183,7 +184,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedmeta.study import parse_param
+    from fedmeta.study.plan import parse_param
 
     if not 1 <= len(args.param) <= 2:
         raise FedmetaError("sweep needs one or two --param key=v1,v2,... options")
@@ -197,10 +198,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Membership inference on a finished run's final meta-parameters (``audit.json``)."""
     import torch
 
-    from fedmeta.config import load_scenario
     from fedmeta.experiment import build_experiment
     from fedmeta.privacy.audit import run_audit
     from fedmeta.results import atomic_write_text
+    from fedmeta.scenario import load_scenario
 
     run = Path(args.run_dir)
     if not (run / "final.pt").exists() or not (run / "scenario.toml").exists():
@@ -222,7 +223,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from fedmeta.report import make_plots
+    from fedmeta.study.report import make_plots
 
     for path in make_plots(Path(args.dir)):
         print(path)
@@ -230,16 +231,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedmeta.report import write_report
+    from fedmeta.study.report import write_report
 
     print(write_report(Path(args.dir)))
     return 0
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    from fedmeta.config import load_scenario
     from fedmeta.experiment import build_experiment
-    from fedmeta.partition_report import class_histogram, describe, plot_heatmap
+    from fedmeta.partition.report import class_histogram, describe, plot_heatmap
+    from fedmeta.scenario import load_scenario
 
     sc = load_scenario(args.scenario, args.set)
     exp = build_experiment(sc, check_all=True)
@@ -251,8 +252,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fedmeta.config import load_scenario
     from fedmeta.experiment import build_experiment
+    from fedmeta.scenario import load_scenario
 
     sc = load_scenario(args.scenario, args.set)
     exp = build_experiment(sc, check_all=True)
@@ -271,7 +272,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from fedmeta.learners import LEARNERS
     from fedmeta.models import MODELS
     from fedmeta.partition import PARTITIONERS
-    from server.strategies import STRATEGIES
+    from fedmeta.strategies import STRATEGIES
 
     table = {
         "datasets": DATASETS,
@@ -280,7 +281,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         "learners": LEARNERS,
         "strategies": STRATEGIES,
     }
-    from fedmeta.study import PRESETS
+    from fedmeta.study.plan import PRESETS
 
     table["compare presets (besides every learner name)"] = PRESETS
     if args.json:

@@ -1,4 +1,4 @@
-"""Studies: one scenario run as a grid of cells (strategy x seed [x parameter values]).
+"""Study planning: one scenario as a grid of cells (strategy x seed [x parameter values]).
 
 ``fedmeta compare`` runs every strategy with every seed; ``fedmeta sweep`` adds a grid over one
 or two scenario keys. A *strategy* is a named set of scenario overrides, looked up in this order:
@@ -10,26 +10,23 @@ or two scenario keys. A *strategy* is a named set of scenario overrides, looked 
 
 Within one seed every cell shares the scenario seed, hence identical client partitions and
 identical evaluation tasks (held-out tasks are keyed by seed and client only). Seed ``i`` of a
-study is ``scenario.seed + i``. Each cell is an ordinary run directory under ``<out>/runs/``, so
-an interrupted study resumes cell by cell (finished cells are skipped, a cut one is resumed).
+study is ``scenario.seed + i``. Every cell is validated here, before anything runs; the runner
+(``runner.study``) then runs each as an ordinary run directory under ``<out>/runs/``.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fedmeta.config import Scenario, carried_options, parse_value, scenario_from_dict
 from fedmeta.errors import FedmetaError
-from fedmeta.experiment import scenario_json
 from fedmeta.learners import LEARNERS
+from fedmeta.protocol import sample_size
 from fedmeta.registry import Registry
-from fedmeta.results import RunDir, atomic_write_text
+from fedmeta.scenario import Scenario, carried_options, parse_value, scenario_from_dict
 
 PRESETS: Registry[Callable[[Scenario], dict]] = Registry("strategy preset")
 """Built-in strategies that are not plain learner names: each maps the (validated) scenario it
@@ -67,7 +64,7 @@ def _centralized(sc: Scenario) -> dict:
     """The scenario's learner on the pooled data of all training clients, with no federation:
     every training client holds the whole train pool, and one client per round takes as many
     meta-steps as all sampled clients together would (same compute, done sequentially)."""
-    per_round = max(1, round(sc.train.fraction * sc.clients.train))
+    per_round = sample_size(sc.train.fraction, sc.clients.train)
     return {
         "partition": {"name": "pooled"},
         "train": {"fraction": 1.0 / sc.clients.train},
@@ -234,81 +231,4 @@ def plan_study(
 
 
 def scenario_hash(scenario: Scenario) -> str:
-    return hashlib.sha256(scenario_json(scenario).encode()).hexdigest()[:16]
-
-
-def write_manifest(out: Path, study: Study) -> None:
-    """Write ``study.json``. An existing study may gain or lose cells (to add a strategy or a
-    seed), but a cell it shares must have been run with exactly the same scenario."""
-    path = out / "study.json"
-    manifest = study.manifest()
-    if path.exists():
-        old = {c["dir"]: c.get("scenario-sha256") for c in json.loads(path.read_text())["cells"]}
-        for cell in manifest["cells"]:
-            if cell["dir"] in old and old[cell["dir"]] != cell["scenario-sha256"]:
-                raise FedmetaError(
-                    f"--out {str(out)!r} already ran {cell['dir']} with other settings; "
-                    f"use another --out directory"
-                )
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
-
-
-def read_manifest(out: Path) -> dict:
-    try:
-        return json.loads((out / "study.json").read_text())
-    except FileNotFoundError:
-        raise FedmetaError(f"{str(out)!r} is not a study directory (no study.json)") from None
-
-
-def cell_run(out: Path, dirname: str) -> RunDir:
-    return RunDir(out / "runs" / dirname)
-
-
-def write_adapt_steps(run: RunDir, scenario: Scenario, steps: list[int], tasks: int) -> None:
-    """Evaluate the run's final meta-parameters on the first ``tasks`` evaluation tasks of every
-    held-out client after each number of adaptation ``steps``; writes ``adapt-steps.json``
-    (pooled mean and 95% CI per step count)."""
-    import torch
-
-    from fedmeta.evaluate import accuracy_by_steps
-    from fedmeta.experiment import build_experiment
-    from server.evaluation import mean_ci95
-
-    exp = build_experiment(scenario)
-    params = exp.to_device(torch.load(run.path / "final.pt", weights_only=True))
-    pooled: dict[int, list[float]] = {s: [] for s in steps}
-    first = scenario.clients.train
-    for pid in range(first, first + scenario.clients.heldout):
-        tasks_of = exp.eval_tasks(pid)[:tasks]
-        scores = accuracy_by_steps(exp.learner, params, tasks_of, exp.source.kind, steps)
-        for s, values in scores.items():
-            pooled[s].extend(values)
-    stats = [mean_ci95(pooled[s]) for s in steps]
-    metric = "query-acc" if exp.source.kind.accuracy is not None else "query-loss"
-    result = {
-        "metric": metric,
-        "steps": steps,
-        "mean": [m for m, _ in stats],
-        "ci95": [c for _, c in stats],
-        "tasks": tasks,
-        "num-tasks": len(pooled[steps[0]]),
-    }
-    atomic_write_text(run.path / "adapt-steps.json", json.dumps(result, indent=2) + "\n")
-
-
-def run_study(study: Study, out: Path, progress_for: Callable[[int, Cell], Any]) -> None:
-    """Run every cell not finished yet (a cut cell resumes from its checkpoint), then its
-    adaptation-steps evaluation."""
-    from fedmeta.simulation import simulate
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, study)
-    for i, (cell, scenario) in enumerate(study.cells, 1):
-        run = cell_run(out, cell.dirname)
-        if not (run.path / "summary.json").exists():
-            run.write_scenario(scenario.to_toml())
-            simulate(scenario, run, progress_for(i, cell))
-        adapt = run.path / "adapt-steps.json"
-        done = json.loads(adapt.read_text()) if adapt.exists() else {}
-        if done.get("steps") != study.adapt_steps or done.get("tasks") != study.adapt_tasks:
-            write_adapt_steps(run, scenario, study.adapt_steps, study.adapt_tasks)
+    return hashlib.sha256(scenario.to_json().encode()).hexdigest()[:16]

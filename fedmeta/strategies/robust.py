@@ -1,21 +1,19 @@
 """Byzantine-robust aggregation: Flower's Krum, MultiKrum, FedMedian, FedTrimmedAvg, Bulyan.
 
-Each is a registry entry over the Flower strategy class of the same name, so it gets
-:class:`~server.strategies.FedMetaMixin`'s deterministic sampling and held-out evaluation like
-FedAvg does. References: Blanchard et al. (2017), "Machine Learning with Adversaries: Byzantine
-Tolerant Gradient Descent" (Krum, MultiKrum); Yin et al. (2018), "Byzantine-Robust Distributed
-Learning: Towards Optimal Statistical Rates" (coordinate-wise median and trimmed mean); El
-Mhamdi, Guerraoui and Rouault (2018), "The Hidden Vulnerability of Distributed Learning in
-Byzantium" (Bulyan).
+Each is a registry entry over the Flower strategy class of the same name, so the server gives
+it the same deterministic sampling and held-out evaluation as FedAvg. References: Blanchard
+et al. (2017), "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent" (Krum,
+MultiKrum); Yin et al. (2018), "Byzantine-Robust Distributed Learning: Towards Optimal
+Statistical Rates" (coordinate-wise median and trimmed mean); El Mhamdi, Guerraoui and Rouault
+(2018), "The Hidden Vulnerability of Distributed Learning in Byzantium" (Bulyan).
 """
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from pydantic import Field
 
 from fedmeta.options import Options
-from server.strategies import STRATEGIES, StrategySpec
+from fedmeta.strategies.base import STRATEGIES, StrategySpec
 
 
 class RobustSpec(StrategySpec):
@@ -32,7 +30,7 @@ class KrumOptions(Options):
 
 @STRATEGIES.register("krum", help="Flower Krum: the update closest to its n - f - 2 neighbours")
 class KrumSpec(RobustSpec):
-    base = Krum
+    flower = "Krum"
     Options = KrumOptions
     renames = {"num_malicious": "num_malicious_nodes"}
 
@@ -44,7 +42,7 @@ class MultiKrumOptions(KrumOptions):
 
 @STRATEGIES.register("multikrum", help="Flower MultiKrum: average of the m best Krum updates")
 class MultiKrumSpec(RobustSpec):
-    base = MultiKrum
+    flower = "MultiKrum"
     Options = MultiKrumOptions
     renames = {"num_malicious": "num_malicious_nodes", "select": "num_nodes_to_select"}
 
@@ -55,7 +53,7 @@ class FedMedianOptions(Options):
 
 @STRATEGIES.register("fedmedian", help="Flower FedMedian: coordinate-wise median of updates")
 class FedMedianSpec(RobustSpec):
-    base = FedMedian
+    flower = "FedMedian"
     Options = FedMedianOptions
 
 
@@ -66,7 +64,7 @@ class TrimmedOptions(Options):
 
 @STRATEGIES.register("fedtrimmedavg", help="Flower FedTrimmedAvg: coordinate-wise trimmed mean")
 class FedTrimmedAvgSpec(RobustSpec):
-    base = FedTrimmedAvg
+    flower = "FedTrimmedAvg"
     Options = TrimmedOptions
 
 
@@ -74,6 +72,6 @@ class FedTrimmedAvgSpec(RobustSpec):
 class BulyanSpec(RobustSpec):
     """Needs at least ``4 f + 3`` replies per round (``f = num-malicious``)."""
 
-    base = Bulyan
+    flower = "Bulyan"
     Options = KrumOptions
     renames = {"num_malicious": "num_malicious_nodes"}

@@ -16,11 +16,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from cycler import cycler  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from cycler import cycler
 
-from fedmeta.study_results import CellResult, mean_ci_seeds  # noqa: E402
+from fedmeta.stats import auc_ci95, mean_ci95
+from fedmeta.study.results import CellResult
 
 COMPARE_PLOTS = ("acc_vs_round", "acc_vs_mb", "acc_vs_adapt_steps", "acc_by_client")
 
@@ -53,7 +54,7 @@ def _series(group: list[CellResult], points: Points) -> tuple[np.ndarray, ...]:
         if len(per_seed) == 1:
             _, m, h = per_seed[0][key]
         else:
-            m, h = mean_ci_seeds([p[key][1] for p in per_seed])
+            m, h = mean_ci95([p[key][1] for p in per_seed], "t")
         mean.append(m)
         ci.append(0.0 if math.isnan(h) else h)
     return np.array(xs), np.array(mean), np.array(ci)
@@ -134,6 +135,19 @@ def plot_vs_mb(cells: list[CellResult], out: Path, title: str) -> Path:
     )
 
 
+def plot_vs_time(cells: list[CellResult], out: Path, title: str) -> Path:
+    """Held-out accuracy after adaptation against wall-clock minutes."""
+    metric = _metric(cells)
+    fig, ax = _axes()
+
+    def minutes(c: CellResult, rnd: int) -> float:
+        return c.system("wall-seconds").get(rnd, 0.0) / 60
+
+    for label, group in _groups(cells).items():
+        _draw(ax, label, *_series(group, _heldout_points(metric, minutes)))
+    return _finish(fig, ax, out, "wall-clock time (minutes)", f"held-out {metric}", title)
+
+
 def plot_vs_adapt_steps(cells: list[CellResult], out: Path, title: str) -> Path:
     fig, ax = _axes()
     ylabel = "held-out query accuracy"
@@ -179,7 +193,6 @@ def _final_heldout(metric: str) -> Value:
 
 def _audit(attack: str) -> Value:
     """An attack's AUC and its 95% interval (Hanley and McNeil)."""
-    from fedmeta.privacy.audit import auc_ci95
 
     def value(c: CellResult) -> tuple[float, float] | None:
         a = (c.summary or {}).get("audit", {})
@@ -198,12 +211,17 @@ def _x_positions(values: list[Any]) -> tuple[dict[Any, float], bool, list[str] |
         return {v: float(i) for i, v in enumerate(values)}, False, [str(v) for v in values]
     finite = [v for v in values if math.isfinite(v)]
     log = bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= 50
-    far = (max(finite) * (10 if log else 1) + (0 if log else max(1.0, np.ptp(finite) / 4))
-           if finite else 1.0)
+    far = (
+        max(finite) * (10 if log else 1) + (0 if log else max(1.0, np.ptp(finite) / 4))
+        if finite
+        else 1.0
+    )
     pos = {v: float(v) if math.isfinite(v) else far for v in values}
-    labels = None if all(math.isfinite(v) for v in values) else [
-        "inf" if not math.isfinite(v) else f"{v:g}" for v in values
-    ]
+    labels = (
+        None
+        if all(math.isfinite(v) for v in values)
+        else ["inf" if not math.isfinite(v) else f"{v:g}" for v in values]
+    )
     return pos, log, labels
 
 

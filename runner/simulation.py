@@ -7,8 +7,8 @@ import os
 import warnings
 from typing import Any
 
-from fedmeta.config import Scenario
 from fedmeta.results import RunDir
+from fedmeta.scenario import Scenario
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -22,13 +22,14 @@ QUIET_ENV = {
 def backend_config(scenario: Scenario) -> dict[str, Any]:
     """Flower's backend config: per-client resources, and ``ray.init`` arguments.
 
-    With ``backend.ray-address`` the simulation joins an existing Ray cluster (started with
-    ``ray start --head``); otherwise it starts a local one.
+    With ``backend.ray-address``, or else ``$FEDMETA_RAY_ADDRESS``, the simulation joins an
+    existing Ray cluster (started with ``ray start --head``); otherwise it starts a local one.
     """
     b = scenario.backend
     init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-    if b.ray_address:
-        init_args["address"] = b.ray_address
+    address = b.ray_address or os.environ.get("FEDMETA_RAY_ADDRESS")
+    if address:
+        init_args["address"] = address
     elif b.ray_num_cpus:
         init_args["num_cpus"] = b.ray_num_cpus
     return {
@@ -38,7 +39,10 @@ def backend_config(scenario: Scenario) -> dict[str, Any]:
 
 
 def quiet() -> None:
-    """Silence Flower's per-round INFO logs and deprecation chatter; fedmeta shows progress."""
+    """Silence Flower's per-round INFO logs and deprecation chatter; fedmeta shows progress.
+
+    Environment variables are read when Flower and Ray are imported, and importing Flower
+    resets its logger's level: call this both before and after importing them."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -55,6 +59,7 @@ def simulate(scenario: Scenario, run_dir: RunDir, progress) -> dict[str, Any]:
     from clients.app import app as client_app
     from server.app import make_server_app
 
+    quiet()
     result: dict[str, Any] = {}
     server_app = make_server_app(scenario, run_dir, progress, result)
     try:

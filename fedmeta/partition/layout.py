@@ -22,6 +22,7 @@ from pydantic import Field
 from fedmeta.data.base import DataSource
 from fedmeta.errors import FedmetaError
 from fedmeta.options import Options
+from fedmeta.protocol import Stream, rng_for
 from fedmeta.registry import Registry
 
 
@@ -272,8 +273,8 @@ def build_layout(
     held-out classes with their examples divided (new patients of known kinds, for datasets
     with few classes); the default gives each its own classes.
     """
-    train = partitioner.split(source, n_train, np.random.default_rng([seed, 0x5EED]))
-    rng = np.random.default_rng([seed, 0x4E1D])
+    train = partitioner.split(source, n_train, rng_for(seed, Stream.PARTITION))
+    rng = rng_for(seed, Stream.HELDOUT)
     if heldout_split == "examples":
         shards: list[dict[int, np.ndarray]] = [{} for _ in range(n_heldout)]
         for c in source.pool("heldout"):

@@ -3,25 +3,12 @@ results, for a single run directory or a study (comparison or sweep) directory."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fedmeta.errors import FedmetaError
 from fedmeta.results import RunDir, atomic_write_text
-
-
-def _run_as_cell(path: Path):
-    from fedmeta.study_results import CellResult
-
-    run = RunDir(path)
-    summary = run.read_summary() if (path / "summary.json").exists() else None
-    adapt = (
-        json.loads((path / "adapt-steps.json").read_text())
-        if (path / "adapt-steps.json").exists()
-        else None
-    )
-    name = summary["name"] if summary else path.name
-    return CellResult(name, 0, {}, run.read_metrics(), summary, adapt)
+from fedmeta.study import plots
+from fedmeta.study.results import load_cells, run_cell, write_csvs, write_table
 
 
 def kind_of(path: Path) -> str:
@@ -36,8 +23,6 @@ def kind_of(path: Path) -> str:
 
 
 def _load_study(path: Path):
-    from fedmeta.study_results import load_cells
-
     manifest, cells = load_cells(path)
     if not cells:
         raise FedmetaError(f"{str(path)!r}: no cell of this study has results yet")
@@ -46,31 +31,24 @@ def _load_study(path: Path):
 
 def _study_outputs(path: Path, manifest, cells) -> tuple[str, list[Path]]:
     """Write a study's CSVs, table and plots; return the table and the plot files."""
-    from fedmeta import study_plots
-    from fedmeta.study_results import write_csvs, write_table
-
     write_csvs(path, manifest, cells)
-    return write_table(path, manifest, cells), study_plots.plot_study(path, manifest, cells)
+    return write_table(path, manifest, cells), plots.plot_study(path, manifest, cells)
 
 
 def make_plots(path: Path) -> list[Path]:
     """Every plot of a run or study, written into ``path`` (a study also rewrites its CSVs
     and table)."""
-    from fedmeta import study_plots
-    from fedmeta.plots import plot_heldout_vs_time
-
     if kind_of(path) == "study":
         return _study_outputs(path, *_load_study(path))[1]
-    cell = _run_as_cell(path)
+    cell = run_cell(path)
+    name = cell.strategy
     made = [
-        study_plots.plot_vs_round([cell], path / "heldout_vs_round.png", f"{cell.strategy}"),
-        plot_heldout_vs_time({cell.strategy: path}, path / "heldout_vs_time.png"),
-        study_plots.plot_by_client([cell], path / "heldout_by_client.png", cell.strategy),
+        plots.plot_vs_round([cell], path / "heldout_vs_round.png", name),
+        plots.plot_vs_time([cell], path / "heldout_vs_time.png", f"{name}: held-out vs wall time"),
+        plots.plot_by_client([cell], path / "heldout_by_client.png", name),
     ]
     if cell.adapt:
-        made.append(
-            study_plots.plot_vs_adapt_steps([cell], path / "acc_vs_adapt_steps.png", cell.strategy)
-        )
+        made.append(plots.plot_vs_adapt_steps([cell], path / "acc_vs_adapt_steps.png", name))
     return made
 
 

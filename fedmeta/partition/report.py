@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fedmeta.experiment import Experiment  # noqa: E402
+from fedmeta.experiment import Experiment
 
 
 def class_histogram(exp: Experiment) -> tuple[np.ndarray, np.ndarray]:

@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from fedmeta.results import RunDir, atomic_write_text
-from fedmeta.study import read_manifest
-
-RESULT_COLUMNS = ("strategy", "seed", "round", "phase", "metric", "value")
+from fedmeta.stats import mean_ci95
+from fedmeta.study.manifest import read_manifest
 
 
 @dataclass
@@ -61,30 +59,30 @@ class CellResult:
         return list(max(rows, key=lambda r: r["round"])["value"]) if rows else []
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_cell(path: Path, strategy: str | None = None, seed: int = 0, params=None) -> CellResult:
+    """What a run directory holds, as one cell (a finished run has a summary; an unfinished
+    one's curve is read all the same). ``strategy`` defaults to the run's name."""
+    run = RunDir(path)
+    summary = _read_json(path / "summary.json")
+    name = strategy or (summary["name"] if summary else path.name)
+    adapt = _read_json(path / "adapt-steps.json")
+    return CellResult(name, seed, params or {}, run.read_metrics(), summary, adapt)
+
+
 def load_cells(out: Path) -> tuple[dict[str, Any], list[CellResult]]:
     """The study manifest and every *finished* cell (tables, CSVs and plots use finished runs
     only, so a study still running never mixes partial curves into its means)."""
     manifest = read_manifest(out)
     cells = []
     for c in manifest["cells"]:
-        run = RunDir(out / "runs" / c["dir"])
-        if not (run.path / "summary.json").exists():
-            continue
-        records = run.read_metrics()
-        summary = json.loads((run.path / "summary.json").read_text())
-        adapt_path = run.path / "adapt-steps.json"
-        adapt = json.loads(adapt_path.read_text()) if adapt_path.exists() else None
-        cells.append(CellResult(c["strategy"], c["seed"], c["params"], records, summary, adapt))
+        path = out / "runs" / c["dir"]
+        if (path / "summary.json").exists():
+            cells.append(run_cell(path, c["strategy"], c["seed"], c["params"]))
     return manifest, cells
-
-
-def mean_ci_seeds(values: list[float]) -> tuple[float, float]:
-    """Mean and Student-t 95% half-width across seeds (nan for one value)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return float(v.mean()) if len(v) else math.nan, math.nan
-    t = stats.t.ppf(0.975, len(v) - 1)
-    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> str:
@@ -170,7 +168,7 @@ def comparison_table(manifest: dict[str, Any], cells: list[CellResult]) -> str:
             post_s = _pm(post[0], h.get(f"{metric}-post-ci95", math.nan), note=" (tasks)")
             pre_s = _pm(pre[0], h.get(f"{metric}-pre-ci95", math.nan), note=" (tasks)")
         else:
-            post_s, pre_s = _pm(*mean_ci_seeds(post)), _pm(*mean_ci_seeds(pre))
+            post_s, pre_s = _pm(*mean_ci95(post, "t")), _pm(*mean_ci95(pre, "t"))
         reached = [r for c in group if (r := rounds_to_target(c, target)) is not None]
         to_target = (
             f"{np.mean(reached):.0f} ({len(reached)}/{len(group)} seeds)"
