@@ -15,12 +15,21 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.mods import byzantine_mod, privacy_mod, secure_aggregation_mod
+from clients.mods import (
+    byzantine_mod,
+    fault_mod,
+    heldout_fault_mod,
+    privacy_mod,
+    secure_aggregation_mod,
+)
+from fedmeta.client_state import StateStore
 from fedmeta.evaluate import evaluate_tasks
 from fedmeta.experiment import Experiment, data_loads, experiment_from_json
 from fedmeta.learners.base import LocalContext
 from fedmeta.protocol import (
     ARRAYS,
+    CHECKPOINT_ROUND,
+    CLIENT_STATE_DIR,
     COMPUTE_SECONDS,
     CONFIG,
     DATA_LOADS,
@@ -48,23 +57,6 @@ def _pid(context: Context) -> int:
     return int(context.node_config[PARTITION_ID])
 
 
-STATE = "learner-state:"
-"""Prefix of the learner's persistent tensors in the node's ``context.state``."""
-
-
-def _load_state(context: Context) -> dict[str, dict[str, torch.Tensor]]:
-    return {
-        key[len(STATE) :]: record.to_torch_state_dict()
-        for key, record in context.state.array_records.items()
-        if key.startswith(STATE)
-    }
-
-
-def _save_state(context: Context, state: dict[str, dict[str, torch.Tensor]]) -> None:
-    for key, tensors in state.items():
-        context.state[STATE + key] = ArrayRecord({k: v.cpu() for k, v in tensors.items()})
-
-
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report this node's partition id (the server maps node ids to partitions once)."""
@@ -73,7 +65,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({INFO: info}), reply_to=msg)
 
 
-@app.train(mods=[secure_aggregation_mod, privacy_mod, byzantine_mod])
+@app.train(mods=[secure_aggregation_mod, privacy_mod, byzantine_mod, fault_mod])
 def train(msg: Message, context: Context) -> Message:
     """Local meta-training from the global meta-parameters on this client's tasks."""
     exp, pid = _setup(msg), _pid(context)
@@ -82,14 +74,18 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     params = exp.to_device(msg.content[ARRAYS].to_torch_state_dict())
     config = msg.content[CONFIG]
-    sample = exp.train_sampler(pid, int(config[SERVER_ROUND]))
+    rnd = int(config[SERVER_ROUND])
+    sample = exp.train_sampler(pid, rnd)
+    store = StateStore(str(config[CLIENT_STATE_DIR]), pid) if CLIENT_STATE_DIR in config else None
+    state = store.load(rnd) if store is not None else {}
     ctx = LocalContext(
         proximal_mu=float(config[PROXIMAL_MU]) if PROXIMAL_MU in config else 0.0,
-        state={k: exp.to_device(v) for k, v in _load_state(context).items()},
+        state={key: exp.to_device(tensors) for key, tensors in state.items()},
         sample_rate=exp.sampler(pid).inclusion_probability(),
     )
     new_params, metrics = exp.local_learner.local_update(params, sample, ctx)
-    _save_state(context, ctx.state)
+    if store is not None and ctx.state:
+        store.save(rnd, ctx.state, int(config[CHECKPOINT_ROUND]))
     metrics = {
         **metrics,
         NUM_EXAMPLES: exp.shard(pid).size,
@@ -106,7 +102,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.evaluate()
+@app.evaluate(mods=[heldout_fault_mod])
 def evaluate(msg: Message, context: Context) -> Message:
     """Adapt on each fixed evaluation task's support set and score its query set."""
     exp, pid = _setup(msg), _pid(context)

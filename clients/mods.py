@@ -1,14 +1,16 @@
 """Client mods: behaviour wrapped around the ClientApp's handlers, outside every learner.
 
 Order on the training handler (outermost first): :func:`secure_aggregation_mod`,
-:func:`privacy_mod`, :func:`byzantine_mod`. So a Byzantine reply is still clipped and noised
-by the client's privacy mods, and what SecAgg+ masks is exactly what would have been sent.
+:func:`privacy_mod`, :func:`byzantine_mod`, :func:`fault_mod`. So a Byzantine reply is still
+clipped and noised by the client's privacy mods, what SecAgg+ masks is exactly what would have
+been sent, and an injected fault happens where a real one would: in the local update.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import time
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -22,10 +24,12 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedmeta.adversary import attack_weights
 from fedmeta.experiment import Experiment, experiment_from_json
+from fedmeta.faults import draw_fault, heldout_crashes
 from fedmeta.privacy.dpsgd import REPORTED
 from fedmeta.privacy.options import PrivacyOptions
 from fedmeta.protocol import (
     ARRAYS,
+    ATTEMPT,
     COMPUTE_SECONDS,
     CONFIG,
     DATA_LOADS,
@@ -70,6 +74,39 @@ def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     rng = rng_for(exp.scenario.seed, Stream.ADVERSARY, Stream.TRAIN, rnd, pid)
     reply.content[ARRAYS] = ArrayRecord(attack_weights(exp.scenario.adversary, sent, honest, rng))
     return reply
+
+
+def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Inject the fault this training client draws this round (:mod:`fedmeta.faults`): raise,
+    sleep past the server's timeout, or reply with NaN weights."""
+    exp = _experiment(msg)
+    faults = exp.scenario.faults
+    if not faults.active:
+        return call_next(msg, context)
+    rnd = int(msg.content[CONFIG][SERVER_ROUND])
+    pid = int(context.node_config[PARTITION_ID])
+    kind = draw_fault(faults, exp.scenario.seed, rnd, pid)
+    if kind == "crash":
+        raise RuntimeError(f"injected fault: client {pid} crashed in round {rnd}")
+    if kind == "straggle":
+        time.sleep(faults.straggle_seconds or exp.scenario.train.timeout + 1.0)
+    reply = call_next(msg, context)
+    if kind == "nan" and not reply.has_error():
+        arrays = reply.content[ARRAYS]
+        nan = {k: np.full_like(arrays[k].numpy(), np.nan) for k in arrays}
+        reply.content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in nan.items()})
+    return reply
+
+
+def heldout_fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Make a held-out client's evaluation raise when it draws ``heldout-crash``."""
+    exp = _experiment(msg)
+    config = msg.content[CONFIG]
+    rnd, pid = int(config[SERVER_ROUND]), int(context.node_config[PARTITION_ID])
+    attempt = int(config[ATTEMPT]) if ATTEMPT in config else 0
+    if heldout_crashes(exp.scenario.faults, exp.scenario.seed, rnd, pid, attempt):
+        raise RuntimeError(f"injected fault: held-out client {pid} crashed in round {rnd}")
+    return call_next(msg, context)
 
 
 @functools.lru_cache(maxsize=4)

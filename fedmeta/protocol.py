@@ -33,6 +33,8 @@ class Stream(IntEnum):
     """Numpy's global generator, which Flower's DP and SecAgg+ code draw from."""
     AUDIT = 7
     """The privacy audit: held-back examples, audited clients and tasks."""
+    FAULTS = 8
+    """Injected faults (``FAULTS, round, partition[, attempt]``)."""
     SAMPLE = 0x7A1
     """The server's sample of training clients (``round, SAMPLE``: the round comes first)."""
     PARTITION = 0x5EED
@@ -70,6 +72,12 @@ SERVER_ROUND = "server-round"
 """Set by Flower's strategies on every message."""
 PROXIMAL_MU = "proximal-mu"
 """Set by Flower's FedProx on training messages."""
+CLIENT_STATE_DIR = "client-state-dir"
+"""Where stateful learners keep their per-client state (:mod:`fedmeta.client_state`)."""
+CHECKPOINT_ROUND = "checkpoint-round"
+"""The server's last checkpointed round (client state older than what it needs is pruned)."""
+ATTEMPT = "attempt"
+"""A held-out evaluation's attempt in its round (0, then 1 for the retry of failed clients)."""
 SECAGG_NAMES = "fedmeta-array-names"
 """SecAgg+ FitIns config: the JSON list of array names (legacy Parameters carry none)."""
 SECAGG_WEIGHT_KEY = "fedmeta-weight-key"

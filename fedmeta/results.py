@@ -89,10 +89,31 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every record; a torn last line (a kill during :meth:`append_metrics`) is left out
+        (:meth:`truncate_metrics` removes it from the file)."""
+        return self._read_records()[0]
+
+    def _read_records(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The records and the torn last line, if any. A bad line anywhere else is not a
+        kill's doing: it raises."""
         if not self.metrics_path.exists():
-            return []
-        lines = self.metrics_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+            return [], None
+        text = self.metrics_path.read_text()
+        lines = text.split("\n")
+        records, torn = [], None
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i != len(lines) - 1:  # only the unfinished last line can be torn
+                    raise FedmetaError(
+                        f"{self.metrics_path} line {i + 1} is not a JSON record; the file was "
+                        f"edited or damaged, restore it or start the run again"
+                    ) from None
+                torn = line
+        return records, torn
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         atomic_torch_save(self.checkpoint_path, state)
@@ -104,10 +125,13 @@ class RunDir:
 
         return torch.load(self.checkpoint_path, weights_only=False)
 
-    def truncate_metrics(self, last_round: int) -> None:
-        """Drop metric records of rounds after ``last_round`` (work lost in a crash)."""
-        kept = [r for r in self.read_metrics() if r["round"] <= last_round]
+    def truncate_metrics(self, last_round: int) -> str | None:
+        """Drop metric records of rounds after ``last_round`` (work lost in a crash), and a torn
+        last line; returns the torn line, if there was one."""
+        records, torn = self._read_records()
+        kept = [r for r in records if r["round"] <= last_round]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        return torn
 
     def write_final(self, params: dict[str, torch.Tensor], summary: dict[str, Any]) -> None:
         atomic_torch_save(self.path / "final.pt", params)

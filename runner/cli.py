@@ -34,11 +34,17 @@ def _fmt(summary: dict) -> str:
     for metric in ("query-acc", "query-loss"):
         if f"{metric}-pre" in h:
             pre, post = h[f"{metric}-pre"], h[f"{metric}-post"]
+            clients = h.get("num-clients", "?")
+            if h.get("num-clients-expected", clients) != clients:
+                clients = f"only {clients} of {h['num-clients-expected']}"
             lines.append(
                 f"held-out {metric} before adaptation: {pre:.4f} ± {h[f'{metric}-pre-ci95']:.4f}"
                 f"   after adaptation: {post:.4f} ± {h[f'{metric}-post-ci95']:.4f}"
-                f"   ({h.get('num-tasks', '?')} tasks, {h.get('num-clients', '?')} clients)"
+                f"   ({h.get('num-tasks', '?')} tasks, {clients} clients)"
             )
+    faults = {k: v for k, v in summary.get("faults", {}).items() if v}
+    if faults:
+        lines.append("faults: " + ", ".join(f"{v} {k}" for k, v in faults.items()))
     p = summary.get("privacy", {})
     if "epsilon" in p:
         lines.append(
@@ -82,13 +88,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _execute(scenario, out)
 
 
+RESUMABLE_KEYS = ("train.rounds", "train.max-seconds", "train.max-stalled-rounds")
+"""What ``fedmeta resume --set`` may change: how long the run goes on, never how it trains."""
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from fedmeta.scenario import load_scenario
 
     run = Path(args.run_dir)
     if not (run / "scenario.toml").exists():
         raise FedmetaError(f"{str(run)!r} is not a run directory (no scenario.toml)")
-    return _execute(load_scenario(run / "scenario.toml"), run)
+    for item in args.set:
+        key = item.partition("=")[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise FedmetaError(
+                f"resume --set {key!r}: a resumed run may only change {', '.join(RESUMABLE_KEYS)}"
+                f"; start a new run to change anything else"
+            )
+    return _execute(load_scenario(run / "scenario.toml", args.set), run)
 
 
 def _execute(scenario, out: Path) -> int:
@@ -320,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
     res = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     res.add_argument("run_dir")
+    res.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"extend the run: {', '.join(RESUMABLE_KEYS)} (e.g. train.rounds=60)",
+    )
     res.set_defaults(fn=cmd_resume)
     val = sub.add_parser("validate", help="check a scenario (and its data) without running it")
     val.add_argument("scenario")

@@ -1,5 +1,6 @@
-"""Live progress for ``fedmeta run``: round, clients, latest held-out accuracy, the epsilon
-spent (private runs) and ETA."""
+"""Live progress for ``fedmeta run``: round, clients, failures by kind, latest held-out accuracy
+(and how many held-out clients it covers, when not all), the epsilon spent (private runs) and
+ETA."""
 
 from __future__ import annotations
 
@@ -51,13 +52,20 @@ class RichProgress:
         parts = [f"round {server_round}"]
         if "clients" in info:
             parts.append(f"clients {info['clients']}")
+        faults = [f"{info[k]} {k}" for k in ("failed", "rejected", "timed-out") if info.get(k)]
+        if faults:
+            parts.append("(" + ", ".join(faults) + ")")
+        scored, expected = latest.get("num-clients"), latest.get("num-clients-expected")
+        coverage = f", {scored} of {expected} clients" if scored != expected else ""
         if "query-acc-post" in latest:
             parts.append(
                 f"held-out acc {latest['query-acc-pre']:.3f} -> {latest['query-acc-post']:.3f}"
-                f" (r{latest['round']})"
+                f" (r{latest['round']}{coverage})"
             )
         elif "query-loss-post" in latest:
-            parts.append(f"held-out loss {latest['query-loss-post']:.3f} (r{latest['round']})")
+            parts.append(
+                f"held-out loss {latest['query-loss-post']:.3f} (r{latest['round']}{coverage})"
+            )
         if "epsilon" in info:
             parts.append(f"epsilon {info['epsilon']:.3g}")
         if self.task is None:

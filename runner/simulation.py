@@ -50,9 +50,30 @@ def quiet() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_only(address: str | None) -> None:
+    """Keep a Ray instance on this machine listening on 127.0.0.1 only.
+
+    Ray 2.55 replaces a loopback node address by the machine's external IP, and its servers
+    then listen on every interface, unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read when
+    ``ray`` is imported, and inherited by the Ray processes started from here). A cluster
+    reached at another machine's address keeps Ray's default: its nodes must reach each other.
+    """
+    if address and address.rsplit(":", 1)[0].strip("[]") not in LOOPBACK:
+        return
+    if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0":
+        import ray._private.ray_constants as ray_constants  # if ray was imported before
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def simulate(scenario: Scenario, run_dir: RunDir, progress) -> dict[str, Any]:
     """Run the scenario's federated training to the end; return the summary."""
     quiet()
+    config = backend_config(scenario)
+    loopback_only(config["init_args"].get("address"))
     import ray
     from flwr.simulation import run_simulation
 
@@ -67,11 +88,13 @@ def simulate(scenario: Scenario, run_dir: RunDir, progress) -> dict[str, Any]:
             server_app=server_app,
             client_app=client_app,
             num_supernodes=scenario.clients.train + scenario.clients.heldout,
-            backend_config=backend_config(scenario),
+            backend_config=config,
         )
     finally:
         if ray.is_initialized():
             ray.shutdown()
+    if "error" in result:
+        raise result["error"]
     if "summary" not in result:
         raise RuntimeError("the simulation ended without a summary; see the log above")
     return result["summary"]

@@ -58,12 +58,17 @@ def serve(grid: Grid, scenario: Scenario, run_dir: RunDir, progress: Progress) -
 def make_server_app(
     scenario: Scenario, run_dir: RunDir, progress: Progress, result: dict[str, Any]
 ) -> ServerApp:
-    """A ServerApp bound to one scenario; the summary is stored in ``result["summary"]``."""
+    """A ServerApp bound to one scenario; the summary is stored in ``result["summary"]``, or
+    the exception that stopped the run in ``result["error"]`` (Flower runs the app in a thread
+    of its own and would only log it)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result["summary"] = serve(grid, scenario, run_dir, progress)
+        try:
+            result["summary"] = serve(grid, scenario, run_dir, progress)
+        except Exception as exc:  # handed to the caller of run_simulation, who raises it
+            result["error"] = exc
 
     return app
 

@@ -8,101 +8,54 @@ from a checkpoint.
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
-from collections.abc import Iterable
 from typing import Any, Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
 
+from fedmeta.client_state import has_saved_state
+from fedmeta.errors import FedmetaError
 from fedmeta.experiment import Experiment
+from fedmeta.faults import KINDS, draw_fault
+from fedmeta.learners import LEARNERS
 from fedmeta.protocol import (
+    ATTEMPT,
+    CHECKPOINT_ROUND,
+    CLIENT_STATE_DIR,
     COMPUTE_SECONDS,
-    CONFIG,
     EVAL_INNER_STEPS,
-    INFO,
     METRICS,
     NUM_EXAMPLES,
-    PARTITION_ID,
     SCENARIO,
     UNIT_WEIGHT,
 )
 from fedmeta.results import RunDir
+from server.exchange import (
+    ClientFailure,
+    LateReplies,
+    array_bytes,
+    finite_arrays,
+    finite_reply,
+    make_exchange,
+    map_partitions,
+    wait_for_nodes,
+)
 from server.privacy import Privacy
-from server.secagg import secure_round
 from server.strategies import build_strategy
 
+log = logging.getLogger("fedmeta")
 
-class ClientFailure(RuntimeError):
-    """Every client of a phase failed (a crash, an out-of-memory kill, a lost Ray worker)."""
+
+class RunStalled(RuntimeError):
+    """No round could be aggregated for ``train.max-stalled-rounds`` rounds in a row."""
 
 
 class Progress(Protocol):
     def start(self, total_rounds: int, first_round: int) -> None: ...
     def update(self, server_round: int, info: dict[str, Any]) -> None: ...
     def finish(self) -> None: ...
-
-
-def wait_for_nodes(grid, expected: int, timeout: float = 300.0) -> list[int]:
-    """Block until ``expected`` nodes are connected (the ServerApp starts before they register)."""
-    t0 = time.monotonic()
-    while len(nodes := list(grid.get_node_ids())) < expected:
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"only {len(nodes)} of {expected} clients connected in {timeout}s")
-        time.sleep(0.1)
-    return sorted(nodes)
-
-
-def map_partitions(grid, nodes: list[int], config: ConfigRecord, timeout: float) -> dict[int, int]:
-    """One QUERY round: node id -> partition id."""
-    msgs = [
-        Message(RecordDict({CONFIG: config}), dst_node_id=n, message_type=MessageType.QUERY)
-        for n in nodes
-    ]
-    partition_of = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
-        _raise_if_error(reply)
-        partition_of[reply.metadata.src_node_id] = int(reply.content[INFO][PARTITION_ID])
-    return partition_of
-
-
-def _raise_if_error(reply: Message) -> None:
-    if reply.has_error():
-        reason = reply.error.reason.strip().splitlines()
-        raise ClientFailure(f"a client failed: {reason[-1] if reason else 'unknown error'}")
-
-
-def array_bytes(arrays: ArrayRecord) -> int:
-    return int(sum(a.numpy().nbytes for a in arrays.values()))
-
-
-def _check(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
-    """All replies and the successful ones; raises :class:`ClientFailure` if every one failed."""
-    replies = list(replies)
-    ok = [r for r in replies if not r.has_error()]
-    if replies and not ok:
-        _raise_if_error(replies[0])
-    return replies, ok
-
-
-def make_exchange(exp: Experiment, weight_key: str):
-    """``exchange(grid, messages) -> (replies, successful replies)`` for one training round:
-    plain send-and-receive, or Flower's SecAgg+ when ``privacy.secure-aggregation``."""
-    sc = exp.scenario
-    if not sc.privacy.secure_aggregation:
-        return lambda grid, msgs: _check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
-    max_weight = (
-        1.0
-        if weight_key == UNIT_WEIGHT
-        else float(max(exp.shard(p).size for p in range(sc.clients.train)))
-    )
-
-    def secure(grid, msgs):
-        replies = secure_round(grid, msgs, sc.privacy, weight_key, max_weight, sc.train.timeout)
-        if msgs and not replies:
-            raise ClientFailure("every client failed during secure aggregation")
-        return replies, replies
-
-    return secure
 
 
 def eval_rounds(exp: Experiment) -> set[int]:
@@ -125,12 +78,15 @@ class RoundLoop:
         self.config = ConfigRecord({SCENARIO: sc.to_json()})
         if sc.evaluation.inner_steps is not None:
             self.config[EVAL_INNER_STEPS] = sc.evaluation.inner_steps
+        self.state_dir = run_dir.path.resolve() / "client-state"
+        self.config[CLIENT_STATE_DIR] = str(self.state_dir)
         nodes = wait_for_nodes(grid, exp.n_clients)
-        partition_of = map_partitions(grid, nodes, self.config, sc.train.timeout)
+        partition_of = map_partitions(grid, nodes, self.config, max(300.0, sc.train.timeout))
         weight_key = UNIT_WEIGHT if sc.privacy.central_dp else NUM_EXAMPLES
         self.strategy = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
         self.private = Privacy(self.strategy, sc)  # .strategy: Flower's DP wrapper, or strategy
         self.exchange = make_exchange(exp, weight_key)
+        self.late = LateReplies()
         self.strategy.bind(
             partition_of,
             sc.clients.train,
@@ -140,19 +96,30 @@ class RoundLoop:
             sc.train.dropout,
         )
         self.arrays, self.state = self._restore()
+        self.checkpointed = self.state["round"]
         self.latest = last_heldout(run_dir)
         self.model_bytes = array_bytes(self.arrays)  # every message carries one model
 
     def _restore(self) -> tuple[ArrayRecord, dict[str, Any]]:
         """The initial parameters and zero counters, or those of the last checkpoint (whose
-        later metric records are dropped: that work is redone)."""
+        later metric records, and a torn last line, are dropped: that work is redone)."""
         ckpt = self.run_dir.load_checkpoint()
+        last = -1 if ckpt is None else ckpt["counters"]["round"]
+        torn = self.run_dir.truncate_metrics(last)
+        if torn is not None:
+            log.warning("metrics.jsonl: dropped a torn last line (the run was killed): %.60s", torn)
         if ckpt is None:
             arrays = ArrayRecord(self.exp.initial_params())
             return arrays, {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0}
+        sc = self.exp.scenario
+        stateful = LEARNERS.get(sc.learner.name, key="learner.name").stateful
+        if stateful and last >= 1 and not has_saved_state(self.state_dir):
+            raise FedmetaError(
+                f"cannot resume {self.run_dir.path}: learner {sc.learner.name!r} keeps per-client "
+                f"state, which this run did not save in {self.state_dir}; start a new run"
+            )
         self.strategy.load_state(ckpt["strategy"])
         self.private.load_state(ckpt.get("privacy", {}))
-        self.run_dir.truncate_metrics(ckpt["counters"]["round"])
         return ArrayRecord(ckpt["params"]), ckpt["counters"]
 
     def run(self) -> dict[str, Any]:
@@ -165,6 +132,7 @@ class RoundLoop:
             out_of_time = sc.train.max_seconds is not None and (
                 time.monotonic() - t_resume > sc.train.max_seconds
             )
+            stalled = state.get("stalled", 0) >= sc.train.max_stalled_rounds
             if out_of_time:
                 self.strategy.eval_rounds.add(rnd)  # the last round is always evaluated
             self.evaluate_round(rnd)
@@ -173,32 +141,77 @@ class RoundLoop:
             self.run_dir.append_metrics(
                 rnd, "system", {"wall-seconds": state["wall"], "bytes-communicated": state["bytes"]}
             )
-            if rnd % sc.train.checkpoint_every == 0 or rnd == sc.train.rounds or out_of_time:
+            last = rnd == sc.train.rounds or out_of_time or stalled
+            if rnd % sc.train.checkpoint_every == 0 or last:
                 self.checkpoint()
             self.progress.update(rnd, {**info, "latest": self.latest, "wall": state["wall"]})
+            if stalled:
+                self.progress.finish()
+                raise RunStalled(
+                    f"no round could be aggregated in the last {state['stalled']} rounds (every "
+                    f"reply failed, timed out or was not finite); the run is saved at round {rnd}"
+                )
             if out_of_time:
                 break
         self.progress.finish()
         return summarize(self.exp, self.latest, state, self.private.summary())
 
+    def _count(self, counts: dict[str, int]) -> None:
+        totals = self.state.setdefault("faults", {})
+        for key, n in counts.items():
+            totals[key] = totals.get(key, 0) + n
+
     def train_round(self, rnd: int) -> dict[str, Any]:
-        """Sample, train and aggregate one round; returns the round's counts for progress."""
+        """Sample, train and aggregate one round; returns the round's counts for progress.
+
+        Replies that are not finite are rejected before aggregation, and an aggregate that is
+        not finite is discarded: the global model then keeps the previous round's parameters.
+        """
         t_train = time.monotonic()
+        late = self.late.drain(self.grid)
         trainer = self.private.strategy
-        msgs = list(trainer.configure_train(rnd, self.arrays, ConfigRecord(self.config), self.grid))
+        config = ConfigRecord(self.config)
+        config[CHECKPOINT_ROUND] = self.checkpointed
+        msgs = list(trainer.configure_train(rnd, self.arrays, config, self.grid))
         replies, ok = self.exchange(self.grid, msgs)
+        self.late.expect(msgs, replies)
         self.state["bytes"] += self.model_bytes * (len(msgs) + len(ok))  # down and up
         compute = [float(r.content[METRICS][COMPUTE_SECONDS]) for r in ok]
         self.state["compute"] += sum(compute)
-        new_arrays, train_metrics = self.private.aggregate(rnd, replies)
-        if new_arrays is not None:
-            self.arrays = new_arrays
-        info = {
-            "clients": len(ok),
+        bad = {id(r) for r in ok if not finite_reply(r)}
+        new_arrays, train_metrics = None, None
+        if len(ok) > len(bad):
+            kept = [r for r in replies if id(r) not in bad]
+            new_arrays, train_metrics = self.private.aggregate(rnd, kept)
+            if new_arrays is not None and not finite_arrays(new_arrays):
+                new_arrays, train_metrics = None, None
+        counts = {
             "failed": len(replies) - len(ok),
+            "rejected": len(bad),
+            "timed-out": len(msgs) - len(replies),
+            "late": late,
+        }
+        counts |= self._injected(rnd, msgs)
+        self._count(counts)
+        aggregated = 0 if new_arrays is None else len(ok) - len(bad)
+        if new_arrays is None:
+            self.state["stalled"] = self.state.get("stalled", 0) + 1
+            log.warning(
+                "round %d: nothing to aggregate (%d failed, %d not finite, %d timed out); the "
+                "model keeps the previous round's parameters",
+                rnd,
+                counts["failed"],
+                counts["rejected"],
+                counts["timed-out"],
+            )
+        else:
+            self.arrays, self.state["stalled"] = new_arrays, 0
+        info = {
+            "clients": aggregated,
+            **counts,
             "dropped": self.strategy.dropped,
             "round-train-seconds": time.monotonic() - t_train,
-            **self.private.after_round(ok, self.strategy.partition_of, new_arrays is not None),
+            **self.private.after_round(ok, self.strategy.partition_of, aggregated),
         }
         metrics = {k: v for k, v in (train_metrics or {}).items() if k != COMPUTE_SECONDS}
         self.run_dir.append_metrics(
@@ -206,31 +219,64 @@ class RoundLoop:
         )
         return info
 
+    def _injected(self, rnd: int, msgs: list[Message]) -> dict[str, int]:
+        """The faults the sampled clients draw this round (``[faults]``), by kind."""
+        sc = self.exp.scenario
+        if not sc.faults.active:
+            return {}
+        pids = [self.strategy.partition_of[m.metadata.dst_node_id] for m in msgs]
+        drawn = [draw_fault(sc.faults, sc.seed, rnd, pid) for pid in pids]
+        return {f"injected-{kind}": drawn.count(kind) for kind in KINDS}
+
     def evaluate_round(self, rnd: int) -> None:
-        """Held-out evaluation, on the rounds the strategy evaluates."""
+        """Held-out evaluation, on the rounds the strategy evaluates. Clients that fail are
+        asked once more; if some still fail, the pooled metrics say how many were scored."""
         config = ConfigRecord(self.config)
         msgs = list(self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid))
         if not msgs:
             return
-        timeout = self.exp.scenario.train.timeout
-        replies, _ = _check(self.grid.send_and_receive(msgs, timeout=timeout))
+        scored = self._evaluate(msgs)
+        missing = [m.metadata.dst_node_id for m in msgs if m.metadata.dst_node_id not in scored]
+        if missing:
+            config[ATTEMPT] = 1
+            retry = self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid, missing)
+            scored |= self._evaluate(list(retry))
+        if not scored:
+            raise ClientFailure(f"every held-out client failed to evaluate in round {rnd}, twice")
+        heldout = dict(self.strategy.aggregate_evaluate(rnd, list(scored.values())))
+        heldout |= {"num-clients-expected": len(msgs), "retried": len(missing)}
+        self._count({"heldout-retried": len(missing), "heldout-missing": len(msgs) - len(scored)})
+        if len(scored) < len(msgs):
+            log.warning(
+                "round %d: %d of %d held-out clients failed twice; held-out metrics cover %d",
+                rnd,
+                len(msgs) - len(scored),
+                len(msgs),
+                len(scored),
+            )
+        self.latest = {"round": rnd, **heldout}
+        self.run_dir.append_metrics(rnd, "heldout", heldout)
+
+    def _evaluate(self, msgs: list[Message]) -> dict[int, Message]:
+        """Send evaluation messages; the successful replies by node."""
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.exp.scenario.train.timeout))
+        self.late.expect(msgs, replies)
         self.state["bytes"] += self.model_bytes * len(msgs)
-        heldout = self.strategy.aggregate_evaluate(rnd, replies)
-        if heldout is not None:
-            self.latest = {"round": rnd, **dict(heldout)}
-            self.run_dir.append_metrics(rnd, "heldout", dict(heldout))
+        return {r.metadata.src_node_id: r for r in replies if not r.has_error()}
 
     def checkpoint(self) -> None:
         """Save everything a resumed run needs: parameters, server-optimiser and privacy state,
-        and the counters."""
+        and the counters. (Clients keep their own learner state by round; see
+        :mod:`fedmeta.client_state`.)"""
         self.run_dir.save_checkpoint(
             {
                 "params": self.arrays.to_torch_state_dict(),
                 "strategy": self.strategy.state(),
                 "privacy": self.private.state(),
-                "counters": dict(self.state),
+                "counters": copy.deepcopy(self.state),
             }
         )
+        self.checkpointed = self.state["round"]
 
 
 def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
@@ -250,8 +296,9 @@ def last_heldout(run_dir: RunDir) -> dict[str, Any]:
 def summarize(
     exp: Experiment, latest: dict[str, Any], state: dict[str, Any], privacy: dict[str, Any]
 ) -> dict[str, Any]:
-    """``summary.json``: the final held-out metrics with CIs, wall time, bytes and, for private
-    runs, the epsilon spent (:meth:`server.privacy.Privacy.summary`)."""
+    """``summary.json``: the final held-out metrics with CIs, wall time, bytes, every failure
+    counted by kind and, for private runs, the epsilon spent
+    (:meth:`server.privacy.Privacy.summary`)."""
     sc = exp.scenario
     heldout = {k: v for k, v in latest.items() if not k.endswith("-per-client")}
     return {
@@ -262,5 +309,6 @@ def summarize(
         "client-compute-seconds": round(state["compute"], 3),
         "bytes-communicated": state["bytes"],
         "mb-communicated": round(state["bytes"] / 2**20, 3),
+        "faults": state.get("faults", {}),
         **({"privacy": privacy} if privacy else {}),
     }

@@ -113,13 +113,15 @@ class Privacy:
         return self.strategy.aggregate_train(server_round, replies)
 
     def after_round(
-        self, replies: list[Message], partition_of: dict[int, int], aggregated: bool
+        self, replies: list[Message], partition_of: dict[int, int], aggregated: int
     ) -> dict[str, float]:
-        """Record the round's releases (``replies``: the successful ones); the metrics to log."""
+        """Record the round's releases; the metrics to log. ``replies`` are the successful
+        ones (each client's own releases: DP-SGD steps, local-DP replies), ``aggregated`` how
+        many of them entered the released aggregate (0: nothing was released)."""
         p, out = self.options, {}
         if p.central_dp:
             if aggregated:
-                m = min(len(replies), self.per_round)
+                m = min(aggregated, self.per_round)
                 self.ledger.record(self.noise * m / self.per_round, self.sample_rate)
             out["epsilon"] = self.ledger.epsilon()
             out["noise-multiplier"] = self.noise

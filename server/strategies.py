@@ -93,11 +93,19 @@ class FedMetaMixin:
         return super().aggregate_train(server_round, self._sorted(replies))  # type: ignore[misc]
 
     def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+        nodes: list[int] | None = None,
     ) -> Iterable[Message]:
-        if server_round not in self.eval_rounds:
+        """Evaluation messages to every held-out client (or to ``nodes``, a retry), on
+        evaluation rounds only."""
+        nodes = self.heldout_nodes if nodes is None else nodes
+        if server_round not in self.eval_rounds or not nodes:  # Flower would wait for a node
             return []
-        view = _SubsetGrid(grid, self.heldout_nodes)
+        view = _SubsetGrid(grid, nodes)
         return super().configure_evaluate(server_round, arrays, config, view)  # type: ignore[misc]
 
     def aggregate_evaluate(

@@ -142,9 +142,9 @@ def test_central_ledger_counts_what_was_released(tiny_raw):
         for n in range(4)
     ]
     pids = {n: n for n in range(4)}
-    private.after_round(reply, pids, aggregated=True)
-    private.after_round(reply[:2], pids, aggregated=True)
-    private.after_round([], pids, aggregated=False)
+    private.after_round(reply, pids, aggregated=4)
+    private.after_round(reply[:2], pids, aggregated=2)
+    private.after_round(reply, pids, aggregated=0)  # nothing released (e.g. all rejected)
     assert private.ledger.history == [(2.0, 1.0, 1), (1.0, 1.0, 1)]
     expected = epsilon([(2.0, 1.0, 1), (1.0, 1.0, 1)], 1e-5)
     assert private.summary()["epsilon"] == pytest.approx(expected)

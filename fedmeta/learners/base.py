@@ -136,6 +136,10 @@ class Learner:
     """If true, the model's head has one output per training class (global labels) instead of
     ``n_way`` outputs (episode positions), and :meth:`eval_start` swaps it for a fresh head."""
 
+    stateful: ClassVar[bool] = False
+    """Whether the local update leaves per-client tensors in ``ctx.state`` for the client's
+    next round (Ditto's personal model); the ClientApp keeps them by round on disk."""
+
     supports_example_dp: ClassVar[bool] = False
     """Whether every gradient the local update takes on data is a first-order
     :meth:`value_and_grad` call, which DP-SGD (:mod:`fedmeta.privacy.dpsgd`) can replace."""

@@ -5,8 +5,8 @@ Personalization", ICML, Algorithm 1. Each round a client (1) trains the global m
 exactly as FedAvg does (global head over the training classes, see :mod:`fedmeta.learners.fedavg`)
 and returns it for aggregation, and (2) updates its personal model ``v`` with ``local_steps``
 SGD steps (step ``inner_lr``) on ``f(v) + lam / 2 * ||v - w||^2``, where ``w`` is the global
-model it received. The personal model persists across rounds in the client's Flower
-``context.state`` (a resumed run restarts personal models from the global model).
+model it received. The personal model persists across rounds as the client's learner state
+(:mod:`fedmeta.client_state`: on disk by round, so a resumed run continues it exactly).
 
 fedmeta evaluates held-out clients only, so the training clients' personal models show up only
 in the ``personal-train-loss`` training metric, and Ditto's held-out score measures its global
@@ -37,6 +37,7 @@ class Ditto(FedAvg):
     """FedAvg for the global model; proximal personal models on clients (see module doc)."""
 
     Options = DittoConfig
+    stateful = True
     supports_example_dp = False  # its personal loop would spend budget on what is never sent
 
     def local_update(

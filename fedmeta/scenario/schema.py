@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmeta.adversary import AdversaryOptions
+from fedmeta.faults import FaultOptions
 from fedmeta.learners import LEARNERS
 from fedmeta.models import MODELS
 from fedmeta.options import Options
@@ -44,6 +45,9 @@ class TrainOptions(Options):
     max_seconds: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
+    max_stalled_rounds: int = Field(5, ge=1)
+    """Consecutive rounds without an aggregate (every reply failed or was rejected) after
+    which the run stops, resumable, with exit code 1."""
 
 
 class EvaluationOptions(Options):
@@ -129,6 +133,7 @@ class Scenario(BaseModel):
     skew: SkewOptions = SkewOptions()
     adversary: AdversaryOptions = AdversaryOptions()
     privacy: PrivacyOptions = PrivacyOptions()
+    faults: FaultOptions = FaultOptions()
 
     def to_toml(self) -> dict:
         """The fully resolved scenario (every default written out), ready for ``tomli_w``."""
@@ -156,6 +161,8 @@ class Scenario(BaseModel):
             out["adversary"] = self.adversary.to_toml()
         if self.privacy.active:
             out["privacy"] = self.privacy.to_toml()
+        if self.faults.active:
+            out["faults"] = self.faults.to_toml()
         return out
 
     def to_json(self) -> str:
@@ -174,6 +181,7 @@ PLAIN_TABLES: dict[str, type[Options]] = {
     "skew": SkewOptions,
     "adversary": AdversaryOptions,
     "privacy": PrivacyOptions,
+    "faults": FaultOptions,
 }
 NAMED_TABLES: dict[str, Registry] = {
     "partition": PARTITIONERS,

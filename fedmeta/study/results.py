@@ -169,6 +169,13 @@ def comparison_table(manifest: dict[str, Any], cells: list[CellResult]) -> str:
             pre_s = _pm(pre[0], h.get(f"{metric}-pre-ci95", math.nan), note=" (tasks)")
         else:
             post_s, pre_s = _pm(*mean_ci95(post, "t")), _pm(*mean_ci95(pre, "t"))
+        short = [
+            f"{h['num-clients']}/{h['num-clients-expected']}"
+            for h in (c.summary["heldout"] for c in group)
+            if h.get("num-clients-expected", h.get("num-clients")) != h.get("num-clients")
+        ]
+        if short:  # a final accuracy never silently covers fewer clients than the scenario's
+            post_s += f" ({', '.join(short)} held-out clients)"
         reached = [r for c in group if (r := rounds_to_target(c, target)) is not None]
         to_target = (
             f"{np.mean(reached):.0f} ({len(reached)}/{len(group)} seeds)"
