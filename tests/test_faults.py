@@ -231,7 +231,7 @@ def test_max_seconds_stops_on_time_and_the_run_resumes_exactly(tmp_path, tiny_ra
     out, reference = tmp_path / "cut", tmp_path / "reference"
     assert run_cli(["run", str(path), "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["rounds"] == 1  # out of time at once
-    assert run_cli(["resume", str(out), "--set", "train.rounds=7"]) == 2  # not how it trains
+    assert run_cli(["resume", str(out), "--set", "learner.inner-lr=0.1"]) == 2  # how it trains
     assert "may only change train.rounds" in capsys.readouterr().err
     assert run_cli(["resume", str(out), "--set", "train.max-seconds=600"]) == 0
     assert json.loads((out / "summary.json").read_text())["rounds"] == 5
