@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedmeta.options import Options
@@ -90,7 +90,19 @@ class FedMetaMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return super().aggregate_train(server_round, self._sorted(replies))  # type: ignore[misc]
+        """Flower's aggregate of the replies sorted by partition, in the dtypes the clients
+        sent (FedAdam's step is a NumPy float64 scalar, which would turn float32 weights into
+        float64 under NumPy 2's promotion rules)."""
+        replies = self._sorted(replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        sent = next((r.content.array_records for r in replies if not r.has_error()), None)
+        if arrays is not None and sent:
+            dtypes = {k: a.numpy().dtype for k, a in next(iter(sent.values())).items()}
+            out = {k: a.numpy() for k, a in arrays.items()}
+            arrays = ArrayRecord(
+                {k: Array(v.astype(dtypes.get(k, v.dtype), copy=False)) for k, v in out.items()}
+            )
+        return arrays, metrics
 
     def configure_evaluate(
         self,

@@ -19,6 +19,7 @@ import textwrap
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -283,6 +284,7 @@ def test_every_strategy_declares_the_state_it_carries_between_rounds(name, monke
             for i, m in enumerate(msgs)
         ]
         arrays, _ = strategy.aggregate_train(rnd, replies)
+        assert arrays["w"].numpy().dtype == np.float32  # the dtype the clients sent
         after = _snapshot(strategy)
         changed |= {k for k in after if before.get(k) != after[k]}
     assert changed - PER_ROUND <= set(spec.state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,3 +264,32 @@ def test_a_stateful_run_whose_client_state_is_lost_refuses_to_resume(tmp_path, t
     assert run_cli(["resume", str(out), "--set", "train.rounds=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "keeps per-client state" in err[-1] and "start a new run" in err[-1]
+
+
+QUICKSTART_20 = ["train.timeout=10", "faults.crash=0.07", "faults.nan=0.07", "faults.straggle=0.06"]
+"""A 20% fault mix for the quickstart: each sampled client crashes, sends NaN or straggles."""
+
+
+@pytest.mark.slow  # two 30-round quickstart runs, about 4 minutes
+@pytest.mark.usefixtures("shared_ray")
+def test_the_quickstart_survives_a_20_percent_fault_mix(tmp_path):
+    from fedmeta.scenario import load_scenario
+    from runner.simulation import simulate
+
+    repo = Path(__file__).resolve().parents[1]
+    clean_sc = load_scenario(repo / "scenarios" / "quickstart.toml")
+    sc = load_scenario(repo / "scenarios" / "quickstart.toml", QUICKSTART_20)
+    clean = simulate(clean_sc, RunDir(tmp_path / "clean"), Quiet())
+    faulty = simulate(sc, RunDir(tmp_path / "faulty"), Quiet())
+    records = RunDir(tmp_path / "faulty").read_metrics()
+    totals = {"crash": 0, "nan": 0, "straggle": 0}
+    for rnd in range(1, sc.train.rounds + 1):
+        drawn = [draw_fault(sc.faults, sc.seed, rnd, pid) for pid in _sampled(sc, rnd)]
+        kinds = ("failed", "rejected", "timed-out")
+        observed = [_by_round(records, "train", k)[rnd] for k in kinds]
+        assert observed == [drawn.count(k) for k in totals], rnd
+        for k in totals:
+            totals[k] += drawn.count(k)
+    assert faulty["faults"]["failed"] == totals["crash"] > 0
+    drop = clean["heldout"]["query-acc-post"] - faulty["heldout"]["query-acc-post"]
+    assert abs(drop) <= MEASURED_DROP_BOUND
