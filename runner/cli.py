@@ -321,33 +321,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _set_option(
+    parser: argparse.ArgumentParser,
+    help: str = "override a scenario key, e.g. --set train.rounds=5 (repeatable)",
+) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fedmeta", description="Federated few-shot meta-learning simulator.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a scenario file")
     run.add_argument("scenario")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario key, e.g. --set train.rounds=5 (repeatable)",
-    )
+    _set_option(run)
     run.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     run.set_defaults(fn=cmd_run)
     res = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     res.add_argument("run_dir")
-    res.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"extend the run: {', '.join(RESUMABLE_KEYS)} (e.g. train.rounds=60)",
-    )
+    _set_option(res, f"extend the run: {', '.join(RESUMABLE_KEYS)} (e.g. train.rounds=60)")
     res.set_defaults(fn=cmd_resume)
     val = sub.add_parser("validate", help="check a scenario (and its data) without running it")
     val.add_argument("scenario")
-    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(val)
     val.set_defaults(fn=cmd_validate)
     for kind, fn, text in (
         ("compare", cmd_compare, "run every strategy x seed of a scenario, then table and plots"),
@@ -367,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--strategies", help="comma-separated strategies (default: [compare] strategies)"
         )
         st.add_argument("--seeds", type=_positive, help="seeds per strategy (default: [compare])")
-        st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        _set_option(st)
         st.add_argument("--out", help=f"{kind} directory; an existing one is resumed")
         st.set_defaults(fn=fn)
     for kind, fn, text in (
@@ -383,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.set_defaults(fn=cmd_audit)
     part = sub.add_parser("partition", help="print and plot who holds which classes (no training)")
     part.add_argument("scenario")
-    part.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(part)
     part.add_argument("--out", help="heatmap PNG (default runs/partition-<name>.png)")
     part.set_defaults(fn=cmd_partition)
     lst = sub.add_parser("list", help="show datasets, partitioners, models, learners, strategies")

@@ -55,23 +55,25 @@ def map_partitions(
     return partition_of
 
 
+def error_reason(reply: Message) -> str:
+    """The last line of an error reply's reason (the exception the client raised)."""
+    reason = reply.error.reason.strip().splitlines()
+    return reason[-1] if reason else "unknown error"
+
+
 def _raise_if_error(reply: Message) -> None:
     if reply.has_error():
-        reason = reply.error.reason.strip().splitlines()
-        raise ClientFailure(f"a client failed: {reason[-1] if reason else 'unknown error'}")
+        raise ClientFailure(f"a client failed: {error_reason(reply)}")
 
 
 def array_bytes(arrays: ArrayRecord) -> int:
     return int(sum(a.numpy().nbytes for a in arrays.values()))
 
 
-def check(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
-    """All replies and the successful ones; raises :class:`ClientFailure` if every one failed."""
+def split(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+    """All replies and the successful ones."""
     replies = list(replies)
-    ok = [r for r in replies if not r.has_error()]
-    if replies and not ok:
-        _raise_if_error(replies[0])
-    return replies, ok
+    return replies, [r for r in replies if not r.has_error()]
 
 
 def make_exchange(exp: Experiment, weight_key: str):
@@ -79,7 +81,7 @@ def make_exchange(exp: Experiment, weight_key: str):
     plain send-and-receive, or Flower's SecAgg+ when ``privacy.secure-aggregation``."""
     sc = exp.scenario
     if not sc.privacy.secure_aggregation:
-        return lambda grid, msgs: check(grid.send_and_receive(msgs, timeout=sc.train.timeout))
+        return lambda grid, msgs: split(grid.send_and_receive(msgs, timeout=sc.train.timeout))
     max_weight = (
         1.0
         if weight_key == UNIT_WEIGHT

@@ -36,6 +36,7 @@ from server.exchange import (
     ClientFailure,
     LateReplies,
     array_bytes,
+    error_reason,
     finite_arrays,
     finite_reply,
     make_exchange,
@@ -149,7 +150,8 @@ class RoundLoop:
                 self.progress.finish()
                 raise RunStalled(
                     f"no round could be aggregated in the last {state['stalled']} rounds (every "
-                    f"reply failed, timed out or was not finite); the run is saved at round {rnd}"
+                    f"reply failed, timed out or was not finite; last: {state['stall-reason']}); "
+                    f"the run is saved at round {rnd}"
                 )
             if out_of_time:
                 break
@@ -196,6 +198,8 @@ class RoundLoop:
         aggregated = 0 if new_arrays is None else len(ok) - len(bad)
         if new_arrays is None:
             self.state["stalled"] = self.state.get("stalled", 0) + 1
+            errors = [error_reason(r) for r in replies if r.has_error()]
+            self.state["stall-reason"] = errors[-1] if errors else "no finite reply in time"
             log.warning(
                 "round %d: nothing to aggregate (%d failed, %d not finite, %d timed out); the "
                 "model keeps the previous round's parameters",

@@ -297,3 +297,20 @@ def test_the_quickstart_survives_a_20_percent_fault_mix(tmp_path):
     assert {k: faulty["faults"][f"injected-{k}"] for k in totals} == totals
     drop = clean["heldout"]["query-acc-post"] - faulty["heldout"]["query-acc-post"]
     assert abs(drop) <= 0.025  # measured: 0.7064 clean, 0.6838 faulty (RESULTS.md)
+
+
+@pytest.mark.usefixtures("shared_ray")
+def test_rounds_where_every_client_crashes_stall_and_the_stop_names_the_error(
+    tmp_path, tiny_raw, capsys
+):
+    import tomli_w
+
+    tiny_raw["train"] |= {"rounds": 5, "max-stalled-rounds": 2}
+    tiny_raw["faults"] = {"crash": 1.0}
+    path = tmp_path / "s.toml"
+    path.write_text(tomli_w.dumps(tiny_raw))
+    out = tmp_path / "run"
+    assert run_cli(["run", str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "in the last 2 rounds" in err and "injected fault: client" in err
+    assert _by_round(RunDir(out).read_metrics(), "train", "failed") == {1: 2, 2: 2}

@@ -73,8 +73,8 @@ class LocalContext:
         Networks"): the local objective gains ``mu / 2 * ||w - w_global||^2``. Sent by the
         server strategy as ``proximal-mu``; 0 disables it.
     state : dict[str, Params]
-        The client's persistent tensors across rounds (kept in Flower's ``context.state``),
-        for stateful learners such as Ditto.
+        The client's persistent tensors across rounds, for stateful learners such as Ditto
+        (kept on disk by round, see :mod:`fedmeta.client_state`).
     """
 
     proximal_mu: float = 0.0
