@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
 
 from fedmeta.client_state import StateStore, has_saved_state
@@ -17,6 +18,13 @@ from fedmeta.protocol import Stream, rng_for, sample_size
 from fedmeta.results import RunDir
 from fedmeta.scenario import scenario_from_dict
 from runner.cli import run_cli
+
+
+def _scenario_file(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(tomli_w.dumps(raw))
+    return path
+
 
 # -- metrics.jsonl after a kill ----------------------------------------------------------------
 
@@ -90,11 +98,8 @@ def test_fault_draws_are_seeded_and_follow_the_probabilities():
     ],
 )
 def test_bad_fault_settings_exit_2_with_one_line(tmp_path, tiny_raw, capsys, faults, needle):
-    import tomli_w
-
     tiny_raw["faults"] = faults
-    path = tmp_path / "s.toml"
-    path.write_text(tomli_w.dumps(tiny_raw))
+    path = _scenario_file(tmp_path, tiny_raw)
     assert run_cli(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
@@ -191,12 +196,9 @@ def test_held_out_failures_are_retried_once_then_reported(tmp_path, tiny_raw):
 
 @pytest.mark.usefixtures("shared_ray")
 def test_a_diverging_run_keeps_a_finite_model_and_stops_resumably(tmp_path, tiny_raw, capsys):
-    import tomli_w
-
     tiny_raw["learner"]["inner-lr"] = 1e20
     tiny_raw["train"] |= {"rounds": 6, "max-stalled-rounds": 2}
-    path = tmp_path / "s.toml"
-    path.write_text(tomli_w.dumps(tiny_raw))
+    path = _scenario_file(tmp_path, tiny_raw)
     out = tmp_path / "run"
     assert run_cli(["run", str(path), "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -230,11 +232,8 @@ def test_the_server_check_rejects_any_non_finite_weight_or_metric(monkeypatch):
 
 @pytest.mark.usefixtures("shared_ray")
 def test_max_seconds_stops_on_time_and_the_run_resumes_exactly(tmp_path, tiny_raw, capsys):
-    import tomli_w
-
     tiny_raw["train"] |= {"rounds": 5, "max-seconds": 0.01}
-    path = tmp_path / "s.toml"
-    path.write_text(tomli_w.dumps(tiny_raw))
+    path = _scenario_file(tmp_path, tiny_raw)
     out, reference = tmp_path / "cut", tmp_path / "reference"
     assert run_cli(["run", str(path), "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["rounds"] == 1  # out of time at once
@@ -243,7 +242,7 @@ def test_max_seconds_stops_on_time_and_the_run_resumes_exactly(tmp_path, tiny_ra
     assert run_cli(["resume", str(out), "--set", "train.max-seconds=600"]) == 0
     assert json.loads((out / "summary.json").read_text())["rounds"] == 5
     del tiny_raw["train"]["max-seconds"]
-    path.write_text(tomli_w.dumps(tiny_raw))
+    path = _scenario_file(tmp_path, tiny_raw)
     assert run_cli(["run", str(path), "--out", str(reference)]) == 0
 
     def untimed(run):
@@ -257,12 +256,9 @@ def test_max_seconds_stops_on_time_and_the_run_resumes_exactly(tmp_path, tiny_ra
 def test_a_stateful_run_whose_client_state_is_lost_refuses_to_resume(tmp_path, tiny_raw, capsys):
     import shutil
 
-    import tomli_w
-
     tiny_raw["learner"] = {"name": "ditto", "local-steps": 2, "tasks-per-step": 2}
     tiny_raw["train"]["rounds"] = 2
-    path = tmp_path / "s.toml"
-    path.write_text(tomli_w.dumps(tiny_raw))
+    path = _scenario_file(tmp_path, tiny_raw)
     out = tmp_path / "run"
     assert run_cli(["run", str(path), "--out", str(out)]) == 0
     assert any((out / "client-state").glob("*/round-*.pt"))
@@ -303,12 +299,9 @@ def test_the_quickstart_survives_a_20_percent_fault_mix(tmp_path):
 def test_rounds_where_every_client_crashes_stall_and_the_stop_names_the_error(
     tmp_path, tiny_raw, capsys
 ):
-    import tomli_w
-
     tiny_raw["train"] |= {"rounds": 5, "max-stalled-rounds": 2}
     tiny_raw["faults"] = {"crash": 1.0}
-    path = tmp_path / "s.toml"
-    path.write_text(tomli_w.dumps(tiny_raw))
+    path = _scenario_file(tmp_path, tiny_raw)
     out = tmp_path / "run"
     assert run_cli(["run", str(path), "--out", str(out)]) == 1
     err = capsys.readouterr().err
