@@ -51,9 +51,10 @@ class StateStore:
         checkpointed round (what a resumed run starts after)."""
         cpu = {key: {k: v.detach().cpu() for k, v in t.items()} for key, t in state.items()}
         atomic_torch_save(self._path(server_round), cpu)
-        kept = [r for r in self._rounds() if r <= checkpointed]
-        for r in self._rounds():
-            if kept and r < kept[-1]:
+        rounds = self._rounds()
+        oldest_needed = max((r for r in rounds if r <= checkpointed), default=None)
+        for r in rounds:
+            if oldest_needed is not None and r < oldest_needed:
                 self._path(r).unlink(missing_ok=True)
 
 
