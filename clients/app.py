@@ -9,22 +9,25 @@ evaluation tasks and reply with per-task metrics before and after adaptation.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.mods import (
     byzantine_mod,
+    deadline_mod,
     fault_mod,
     heldout_fault_mod,
+    node_experiment,
     privacy_mod,
     secure_aggregation_mod,
 )
 from fedmeta.client_state import StateStore
 from fedmeta.evaluate import evaluate_tasks
-from fedmeta.experiment import Experiment, data_loads, experiment_from_json
+from fedmeta.experiment import Experiment, data_loads, scenario_clients
 from fedmeta.learners.base import LocalContext
 from fedmeta.protocol import (
     ARRAYS,
@@ -38,7 +41,9 @@ from fedmeta.protocol import (
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
+    PLACEMENT,
     PROXIMAL_MU,
+    RAY_NODE,
     SCENARIO,
     SERVER_ROUND,
     UNIT_WEIGHT,
@@ -47,10 +52,20 @@ from fedmeta.protocol import (
 app = ClientApp()
 
 
-def _setup(msg: Message) -> Experiment:
-    exp = experiment_from_json(str(msg.content[CONFIG][SCENARIO]))
+def _setup(msg: Message, context: Context) -> Experiment:
+    exp = node_experiment(str(msg.content[CONFIG][SCENARIO]), context)
     torch.set_num_threads(exp.scenario.backend.torch_threads)
     return exp
+
+
+def _placement() -> RecordDict:
+    """Where this client runs: its Ray node under a simulation, nothing otherwise."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return RecordDict()
+    return RecordDict(
+        {PLACEMENT: ConfigRecord({RAY_NODE: ray.get_runtime_context().get_node_id()[:12]})}
+    )
 
 
 def _pid(context: Context) -> int:
@@ -59,16 +74,19 @@ def _pid(context: Context) -> int:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Report this node's partition id (the server maps node ids to partitions once)."""
-    _setup(msg)
-    info = MetricRecord({PARTITION_ID: _pid(context)})
+    """Report this node's partition id (the server maps node ids to partitions once). A node
+    whose partition the scenario names also loads its data now; any other node is ignored."""
+    pid = _pid(context)
+    if pid < scenario_clients(str(msg.content[CONFIG][SCENARIO])):
+        _setup(msg, context)
+    info = MetricRecord({PARTITION_ID: pid})
     return Message(RecordDict({INFO: info}), reply_to=msg)
 
 
-@app.train(mods=[secure_aggregation_mod, privacy_mod, byzantine_mod, fault_mod])
+@app.train(mods=[deadline_mod, secure_aggregation_mod, privacy_mod, byzantine_mod, fault_mod])
 def train(msg: Message, context: Context) -> Message:
     """Local meta-training from the global meta-parameters on this client's tasks."""
-    exp, pid = _setup(msg), _pid(context)
+    exp, pid = _setup(msg, context), _pid(context)
     if exp.is_heldout(pid):
         raise RuntimeError(f"held-out client {pid} was asked to train")
     t0 = time.perf_counter()
@@ -97,19 +115,20 @@ def train(msg: Message, context: Context) -> Message:
         {
             ARRAYS: ArrayRecord({k: v.cpu() for k, v in new_params.items()}),
             METRICS: MetricRecord(metrics),
+            **_placement(),
         }
     )
     return Message(content, reply_to=msg)
 
 
-@app.evaluate(mods=[heldout_fault_mod])
+@app.evaluate(mods=[deadline_mod, heldout_fault_mod])
 def evaluate(msg: Message, context: Context) -> Message:
     """Adapt on each fixed evaluation task's support set and score its query set."""
-    exp, pid = _setup(msg), _pid(context)
+    exp, pid = _setup(msg, context), _pid(context)
     params = exp.to_device(msg.content[ARRAYS].to_torch_state_dict())
     config = msg.content[CONFIG]
     steps = int(config[EVAL_INNER_STEPS]) if EVAL_INNER_STEPS in config else None
     tasks = exp.eval_tasks(pid)
     results = evaluate_tasks(exp.learner, params, tasks, exp.source.kind, steps=steps)
     metrics = MetricRecord({**results, NUM_EXAMPLES: len(tasks)})
-    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+    return Message(RecordDict({METRICS: metrics, **_placement()}), reply_to=msg)

@@ -13,11 +13,21 @@ import json
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
@@ -33,6 +43,8 @@ from fedmeta.protocol import (
     COMPUTE_SECONDS,
     CONFIG,
     DATA_LOADS,
+    DATA_ROOT,
+    DEADLINE,
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
@@ -48,8 +60,15 @@ from fedmeta.protocol import (
 CLIPPING_MODS = {"client-fixed": fixedclipping_mod, "client-adaptive": adaptiveclipping_mod}
 
 
-def _experiment(msg: Message) -> Experiment:
-    return experiment_from_json(str(msg.content[CONFIG][SCENARIO]))
+def node_experiment(scenario_json: str, context: Context) -> Experiment:
+    """This node's (cached) experiment of a scenario sent as JSON; a node config's
+    ``data-root`` (a deployed site's own data folder) replaces the scenario's ``data.root``."""
+    root = context.node_config.get(DATA_ROOT)
+    return experiment_from_json(scenario_json, None if root is None else str(root))
+
+
+def _experiment(msg: Message, context: Context) -> Experiment:
+    return node_experiment(str(msg.content[CONFIG][SCENARIO]), context)
 
 
 def _seed_numpy(exp: Experiment, config: ConfigRecord, context: Context, *keys: int) -> None:
@@ -64,7 +83,7 @@ def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     """Replace a Byzantine client's training reply by its attack (see :mod:`fedmeta.adversary`);
     honest clients, and every client without ``[adversary]``, pass through unchanged."""
     reply = call_next(msg, context)
-    exp = _experiment(msg)
+    exp = _experiment(msg, context)
     pid = int(context.node_config[PARTITION_ID])
     if reply.has_error() or pid not in exp.byzantine:
         return reply
@@ -79,7 +98,7 @@ def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
 def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Inject the fault this training client draws this round (:mod:`fedmeta.faults`): raise,
     sleep past the server's timeout, or reply with NaN weights."""
-    exp = _experiment(msg)
+    exp = _experiment(msg, context)
     faults = exp.scenario.faults
     if not faults.active:
         return call_next(msg, context)
@@ -98,9 +117,25 @@ def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     return reply
 
 
+def deadline_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Skip an instruction whose round already stopped waiting (its ``deadline`` passed): reply
+    at once with an error, which the server drops as a late reply.
+
+    A simulation runs clients on a few Ray actors and queues the rest, and Flower runs a queued
+    instruction even after its round timed out; without this, the work queued behind a
+    straggler spills into the next rounds, which then time out too. A deployed client that
+    starts after the deadline (by its own clock) saves the work as well.
+    """
+    config = msg.content.config_records.get(CONFIG)
+    if config is not None and DEADLINE in config and time.time() > float(config[DEADLINE]):
+        reason = "skipped: its round had stopped waiting before this client started"
+        return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, reason), reply_to=msg)
+    return call_next(msg, context)
+
+
 def heldout_fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Make a held-out client's evaluation raise when it draws ``heldout-crash``."""
-    exp = _experiment(msg)
+    exp = _experiment(msg, context)
     config = msg.content[CONFIG]
     rnd, pid = int(config[SERVER_ROUND]), int(context.node_config[PARTITION_ID])
     attempt = int(config[ATTEMPT]) if ATTEMPT in config else 0
@@ -135,7 +170,7 @@ def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     (``fixedclipping_mod``/``adaptiveclipping_mod`` for client-side clipping, ``LocalDpMod``
     for local DP) and, under any DP, keep only the :data:`PUBLIC_METRICS` of the reply.
     Without DP the message passes through unchanged."""
-    exp = _experiment(msg)
+    exp = _experiment(msg, context)
     options = exp.scenario.privacy
     if not options.dp:
         return call_next(msg, context)
@@ -198,5 +233,5 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         return call_next(msg, context)
     if "fitins.config" in msg.content.config_records:  # the stage that quantizes
         config = msg.content.config_records["fitins.config"]
-        _seed_numpy(experiment_from_json(str(config[SCENARIO])), config, context, 1)
+        _seed_numpy(node_experiment(str(config[SCENARIO]), context), config, context, 1)
     return secaggplus_mod(msg, context, _legacy_step(call_next))

@@ -231,6 +231,17 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
 
 
 @functools.lru_cache(maxsize=2)
-def experiment_from_json(scenario_json: str) -> Experiment:
-    """The per-process cached experiment of a scenario sent over the wire as JSON."""
-    return build_experiment(scenario_from_dict(json.loads(scenario_json)))
+def experiment_from_json(scenario_json: str, data_root: str | None = None) -> Experiment:
+    """The per-process cached experiment of a scenario sent over the wire as JSON; a
+    ``data_root`` (a deployed node's own data folder) replaces the scenario's ``data.root``."""
+    raw = json.loads(scenario_json)
+    if data_root is not None:
+        raw["data"]["root"] = data_root
+    return build_experiment(scenario_from_dict(raw))
+
+
+def scenario_clients(scenario_json: str) -> int:
+    """How many clients (training and held-out) a scenario sent as JSON names, without
+    building its experiment."""
+    clients = json.loads(scenario_json)["clients"]
+    return int(clients["train"]) + int(clients["heldout"])

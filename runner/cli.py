@@ -1,5 +1,5 @@
-"""The ``fedmeta`` command: run, resume, compare, sweep, plot, report, audit, partition,
-validate, list.
+"""The ``fedmeta`` command: run, resume, deploy, compare, sweep, plot, report, audit,
+partition, validate, list.
 
 Bad input (scenario keys, values, data roots, CLI values) prints one ``error:`` line and exits
 with code 2, without a traceback.
@@ -73,12 +73,22 @@ def _fmt_audit(a: dict) -> str:
     )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _preflight(scenario):
+    """Fail fast, before starting Ray, on bad data and on a Ray cluster that does not answer;
+    returns the experiment."""
     from fedmeta.experiment import build_experiment
+    from runner.simulation import check_ray_address
+
+    exp = build_experiment(scenario, check_all=True)
+    check_ray_address(scenario)
+    return exp
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from fedmeta.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)
-    build_experiment(scenario, check_all=True)  # fail fast on bad data before starting Ray
+    _preflight(scenario)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-{stamp}"
     if (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
@@ -106,6 +116,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 f"; start a new run to change anything else"
             )
     return _execute(load_scenario(run / "scenario.toml", args.set), run)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from fedmeta.experiment import build_experiment
+    from fedmeta.scenario import load_scenario
+    from runner.deploy import deploy
+
+    scenario = load_scenario(args.scenario, args.set)
+    build_experiment(scenario, check_all=True)  # fail fast on bad data before starting Flower
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-deploy-{stamp}"
+    try:
+        result = deploy(scenario, out, args.simulation, args.secure, args.data_root, args.timeout)
+    except KeyboardInterrupt:
+        print(f"interrupted; every process was stopped; results so far: {out}", file=sys.stderr)
+        return 130
+    print(json.dumps(result))
+    if result["status"] != "finished:completed":
+        print(
+            f"error: flwr run {result['run-id']} ended {result['status']}; "
+            f"logs in {out / 'deploy'}",
+            file=sys.stderr,
+        )
+        return 1
+    print(_fmt(json.loads((out / "summary.json").read_text())))
+    print(f"results: {out}")
+    return 0
 
 
 def _execute(scenario, out: Path) -> int:
@@ -145,7 +182,6 @@ def _csv_list(text: str | None, flag: str) -> list[str] | None:
 
 
 def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
-    from fedmeta.experiment import build_experiment
     from fedmeta.scenario import read_scenario
     from fedmeta.study.plan import plan_study
     from fedmeta.study.report import write_report
@@ -154,8 +190,8 @@ def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
 
     raw = read_scenario(args.scenario, args.set)
     study = plan_study(raw, kind, _csv_list(args.strategies, "--strategies"), args.seeds, params)
-    for _, scenario in study.cells:  # fail fast on bad data before starting Ray
-        build_experiment(scenario, check_all=True)
+    for _, scenario in study.cells:
+        _preflight(scenario)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"{kind}-{study.name}-{stamp}"
     total, t0 = len(study.cells), time.monotonic()
@@ -269,11 +305,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fedmeta.experiment import build_experiment
     from fedmeta.scenario import load_scenario
 
     sc = load_scenario(args.scenario, args.set)
-    exp = build_experiment(sc, check_all=True)
+    exp = _preflight(sc)
     sizes = [s.size for s in exp.layout.train]
     print(
         f"ok: {sc.name}: {sc.data.name} ({exp.source.num_classes} classes), "
@@ -281,6 +316,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"({min(sizes)}-{max(sizes)} examples each) + {sc.clients.heldout} held-out, "
         f"learner {sc.learner.name}, strategy {sc.strategy.name}, {sc.train.rounds} rounds"
     )
+    print(f"nodes: {exp.n_clients} (flwr run --federation-config 'num-supernodes={exp.n_clients}')")
     return 0
 
 
@@ -340,6 +376,25 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("run_dir")
     _set_option(res, f"extend the run: {', '.join(RESUMABLE_KEYS)} (e.g. train.rounds=60)")
     res.set_defaults(fn=cmd_resume)
+    dep = sub.add_parser(
+        "deploy", help="run a scenario on Flower's Deployment Engine (SuperLink + SuperNodes)"
+    )
+    dep.add_argument("scenario")
+    _set_option(dep)
+    dep.add_argument("--out", help="run directory (default runs/<name>-deploy-<timestamp>)")
+    dep.add_argument(
+        "--simulation",
+        action="store_true",
+        help="use Flower's simulation runtime (flwr run with a simulation SuperLink) instead",
+    )
+    dep.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS (a throwaway CA) and SuperNode authentication (registered keys)",
+    )
+    dep.add_argument("--data-root", help="every SuperNode's data folder (node config data-root)")
+    dep.add_argument("--timeout", type=_positive, help="stop the run after this many seconds")
+    dep.set_defaults(fn=cmd_deploy)
     val = sub.add_parser("validate", help="check a scenario (and its data) without running it")
     val.add_argument("scenario")
     _set_option(val)

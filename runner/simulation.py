@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
+from fedmeta.errors import FedmetaError
 from fedmeta.results import RunDir
 from fedmeta.scenario import Scenario
 
@@ -19,6 +23,42 @@ QUIET_ENV = {
 }
 
 
+def ray_address(scenario: Scenario) -> tuple[str | None, str]:
+    """The Ray cluster a run attaches to, and where it was set (for error messages)."""
+    if scenario.backend.ray_address:
+        return scenario.backend.ray_address, "backend.ray-address"
+    return os.environ.get("FEDMETA_RAY_ADDRESS") or None, "$FEDMETA_RAY_ADDRESS"
+
+
+def check_ray_address(scenario: Scenario, timeout: float = 5.0) -> None:
+    """Raise :class:`FedmetaError` (one line, exit 2) when no Ray cluster answers at the
+    address a run would attach to. ``auto`` means the cluster ``ray start`` last started on this
+    machine (Ray records it in ``/tmp/ray/ray_current_cluster``)."""
+    address, source = ray_address(scenario)
+    if address is None:
+        return
+    target = address
+    if address == "auto":
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if not current.exists():
+            raise FedmetaError(
+                f"{source} = 'auto' but no Ray cluster was started on this machine; run "
+                f"'ray start --head' first, or give the head's HOST:PORT"
+            )
+        target = current.read_text().strip()
+    host, _, port = target.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit() or not host:
+        raise FedmetaError(f"{source} = {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise FedmetaError(
+            f"{source} = {address!r}: no Ray cluster answers at {host}:{port} "
+            f"({exc.strerror or exc}); start it with 'ray start --head --port={port}' or fix "
+            f"the address"
+        ) from None
+
+
 def backend_config(scenario: Scenario) -> dict[str, Any]:
     """Flower's backend config: per-client resources, and ``ray.init`` arguments.
 
@@ -27,7 +67,7 @@ def backend_config(scenario: Scenario) -> dict[str, Any]:
     """
     b = scenario.backend
     init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-    address = b.ray_address or os.environ.get("FEDMETA_RAY_ADDRESS")
+    address = ray_address(scenario)[0]
     if address:
         init_args["address"] = address
     elif b.ray_num_cpus:

@@ -8,6 +8,7 @@ whose weights or metrics are not finite (rejected before aggregation).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -19,26 +20,71 @@ from fedmeta.experiment import Experiment
 from fedmeta.protocol import ARRAYS, CONFIG, INFO, METRICS, PARTITION_ID, UNIT_WEIGHT
 from server.secagg import secure_round
 
+log = logging.getLogger("fedmeta")
+
 
 class ClientFailure(RuntimeError):
     """Every client of a phase failed (a crash, an out-of-memory kill, a lost Ray worker)."""
 
 
-def wait_for_nodes(grid, expected: int, timeout: float = 300.0) -> list[int]:
-    """Block until ``expected`` nodes are connected (the ServerApp starts before they register)."""
-    t0 = time.monotonic()
-    while len(nodes := list(grid.get_node_ids())) < expected:
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"only {len(nodes)} of {expected} clients connected in {timeout}s")
-        time.sleep(0.1)
-    return sorted(nodes)
-
-
-def map_partitions(
-    grid, nodes: list[int], config: ConfigRecord, timeout: float = 300.0
+def connect(
+    grid, n_clients: int, config: ConfigRecord, timeout: float = 300.0, settle: float = 30.0
 ) -> dict[int, int]:
-    """One QUERY round: node id -> partition id, for every node (a client's first message also
-    loads its data, so this waits longer than a training round may)."""
+    """Node id -> partition id for the scenario's partitions ``0 .. n_clients - 1``.
+
+    The ServerApp starts before the nodes register (and SuperNodes of a deployment join one by
+    one), so this polls the grid and asks every new node for its partition id (a QUERY, which
+    also loads the node's data). Nodes holding a partition the scenario does not name are
+    ignored, and the log says so.
+
+    Raises
+    ------
+    ClientFailure
+        When a node's QUERY fails, when two nodes hold one partition, or when some partition
+        has no node after no new node registered for ``settle`` seconds (or after ``timeout``).
+    """
+    t0 = last_new = time.monotonic()
+    asked: set[int] = set()
+    partition_of: dict[int, int] = {}
+    held: set[int] = set()
+    extra: list[int] = []
+    while len(partition_of) < n_clients:
+        new = sorted(set(grid.get_node_ids()) - asked)
+        if new:
+            asked |= set(new)
+            for node, pid in _ask_partitions(grid, new, config, timeout).items():
+                if pid >= n_clients:
+                    extra.append(pid)
+                elif pid in held:
+                    raise ClientFailure(
+                        f"two nodes hold partition {pid}; give every node its own partition-id"
+                    )
+                else:
+                    partition_of[node] = pid
+                    held.add(pid)
+            last_new = time.monotonic()
+            continue
+        now = time.monotonic()
+        if (asked and now - last_new > settle) or now - t0 > timeout:
+            missing = sorted(set(range(n_clients)) - held)
+            raise ClientFailure(
+                f"the scenario needs {n_clients} clients but only {len(partition_of)} connected "
+                f"(no node holds partition {_spans(missing)}); start one node per partition, "
+                f"e.g. flwr run --federation-config 'num-supernodes={n_clients}'"
+            )
+        time.sleep(0.1)
+    unasked = len(set(grid.get_node_ids()) - asked)
+    if extra or unasked:
+        log.warning(
+            "ignoring %d extra node(s)%s: the scenario names %d clients",
+            len(extra) + unasked,
+            f" (holding partition {_spans(sorted(extra))})" if extra and not unasked else "",
+            n_clients,
+        )
+    return partition_of
+
+
+def _ask_partitions(grid, nodes: list[int], config: ConfigRecord, timeout: float) -> dict[int, int]:
     msgs = [
         Message(RecordDict({CONFIG: config}), dst_node_id=n, message_type=MessageType.QUERY)
         for n in nodes
@@ -47,12 +93,26 @@ def map_partitions(
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         _raise_if_error(reply)
         partition_of[reply.metadata.src_node_id] = int(reply.content[INFO][PARTITION_ID])
-    if len(partition_of) < len(nodes):
-        raise ClientFailure(
-            f"only {len(partition_of)} of {len(nodes)} clients reported their partition in "
-            f"{timeout:.0f}s"
-        )
     return partition_of
+
+
+def _spans(ids: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    spans: list[list[int]] = []
+    for i in ids:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def reachable(grid, msgs: list[Message]) -> tuple[list[Message], int]:
+    """The messages whose node is still connected, and how many are not: a SuperNode that left
+    the federation (it unregisters when it shuts down) cannot be sent anything."""
+    live = set(grid.get_node_ids())
+    sendable = [m for m in msgs if m.metadata.dst_node_id in live]
+    return sendable, len(msgs) - len(sendable)
 
 
 def error_reason(reply: Message) -> str:

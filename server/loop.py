@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections import Counter
 from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
@@ -25,9 +26,12 @@ from fedmeta.protocol import (
     CHECKPOINT_ROUND,
     CLIENT_STATE_DIR,
     COMPUTE_SECONDS,
+    DEADLINE,
     EVAL_INNER_STEPS,
     METRICS,
     NUM_EXAMPLES,
+    PLACEMENT,
+    RAY_NODE,
     SCENARIO,
     UNIT_WEIGHT,
 )
@@ -36,12 +40,12 @@ from server.exchange import (
     ClientFailure,
     LateReplies,
     array_bytes,
+    connect,
     error_reason,
     finite_arrays,
     finite_reply,
     make_exchange,
-    map_partitions,
-    wait_for_nodes,
+    reachable,
 )
 from server.privacy import Privacy
 from server.strategies import build_strategy
@@ -81,8 +85,7 @@ class RoundLoop:
             self.config[EVAL_INNER_STEPS] = sc.evaluation.inner_steps
         self.state_dir = run_dir.path.resolve() / "client-state"
         self.config[CLIENT_STATE_DIR] = str(self.state_dir)
-        nodes = wait_for_nodes(grid, exp.n_clients)
-        partition_of = map_partitions(grid, nodes, self.config, max(300.0, sc.train.timeout))
+        partition_of = connect(grid, exp.n_clients, self.config, max(300.0, sc.train.timeout))
         weight_key = UNIT_WEIGHT if sc.privacy.central_dp else NUM_EXAMPLES
         self.strategy = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
         self.private = Privacy(self.strategy, sc)  # .strategy: Flower's DP wrapper, or strategy
@@ -174,7 +177,9 @@ class RoundLoop:
         trainer = self.private.strategy
         config = ConfigRecord(self.config)
         config[CHECKPOINT_ROUND] = self.checkpointed
-        msgs = list(trainer.configure_train(rnd, self.arrays, config, self.grid))
+        config[DEADLINE] = time.time() + self.exp.scenario.train.timeout
+        sampled = list(trainer.configure_train(rnd, self.arrays, config, self.grid))
+        msgs, gone = reachable(self.grid, sampled)
         replies, ok = self.exchange(self.grid, msgs)
         self.late.expect(msgs, replies)
         self.state["bytes"] += self.model_bytes * (len(msgs) + len(ok))  # down and up
@@ -188,12 +193,12 @@ class RoundLoop:
             if new_arrays is not None and not finite_arrays(new_arrays):
                 new_arrays, train_metrics = None, None
         counts = {
-            "failed": len(replies) - len(ok),
+            "failed": len(replies) - len(ok) + gone,
             "rejected": len(bad),
             "timed-out": len(msgs) - len(replies),
             "late": late,
         }
-        counts |= self._injected(rnd, msgs)
+        counts |= self._injected(rnd, sampled)
         self._count(counts)
         aggregated = 0 if new_arrays is None else len(ok) - len(bad)
         if new_arrays is None:
@@ -213,6 +218,7 @@ class RoundLoop:
         info = {
             "clients": aggregated,
             **counts,
+            **self._per_node(ok),
             "dropped": self.strategy.dropped,
             "round-train-seconds": time.monotonic() - t_train,
             **self.private.after_round(ok, self.strategy.partition_of, aggregated),
@@ -222,6 +228,17 @@ class RoundLoop:
             rnd, "train", {**metrics, **info, "client-compute-seconds": compute}
         )
         return info
+
+    def _per_node(self, replies: list[Message]) -> dict[str, Any]:
+        """``{"clients-per-node": {ray node: clients}}`` when the replies say where they ran
+        (under Ray); the run's totals go to the summary."""
+        nodes = Counter(
+            str(r.content[PLACEMENT][RAY_NODE]) for r in replies if PLACEMENT in r.content
+        )
+        totals = self.state.setdefault("clients-per-node", {})
+        for node, n in nodes.items():
+            totals[node] = totals.get(node, 0) + n
+        return {"clients-per-node": dict(sorted(nodes.items()))} if nodes else {}
 
     def _injected(self, rnd: int, msgs: list[Message]) -> dict[str, int]:
         """The faults the sampled clients draw this round (``[faults]``), by kind."""
@@ -236,6 +253,7 @@ class RoundLoop:
         """Held-out evaluation, on the rounds the strategy evaluates. Clients that fail are
         asked once more; if some still fail, the pooled metrics say how many were scored."""
         config = ConfigRecord(self.config)
+        config[DEADLINE] = time.time() + self.exp.scenario.train.timeout
         msgs = list(self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid))
         if not msgs:
             return
@@ -243,6 +261,7 @@ class RoundLoop:
         missing = [m.metadata.dst_node_id for m in msgs if m.metadata.dst_node_id not in scored]
         if missing:
             config[ATTEMPT] = 1
+            config[DEADLINE] = time.time() + self.exp.scenario.train.timeout
             retry = self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid, missing)
             scored |= self._evaluate(list(retry))
         if not scored:
@@ -262,7 +281,9 @@ class RoundLoop:
         self.run_dir.append_metrics(rnd, "heldout", heldout)
 
     def _evaluate(self, msgs: list[Message]) -> dict[int, Message]:
-        """Send evaluation messages; the successful replies by node."""
+        """Send evaluation messages (to the nodes still connected); the successful replies by
+        node."""
+        msgs, _ = reachable(self.grid, msgs)
         replies = list(self.grid.send_and_receive(msgs, timeout=self.exp.scenario.train.timeout))
         self.late.expect(msgs, replies)
         self.state["bytes"] += self.model_bytes * len(msgs)
@@ -314,5 +335,8 @@ def summarize(
         "bytes-communicated": state["bytes"],
         "mb-communicated": round(state["bytes"] / 2**20, 3),
         "faults": state.get("faults", {}),
+        **(
+            {"clients-per-node": state["clients-per-node"]} if state.get("clients-per-node") else {}
+        ),
         **({"privacy": privacy} if privacy else {}),
     }

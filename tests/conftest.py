@@ -54,6 +54,15 @@ def tiny_raw():
     return copy.deepcopy(TINY)
 
 
+@pytest.fixture
+def flower_task(monkeypatch):
+    """Let tests build Flower messages outside a Flower run (they need a run, node and task)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
 # -- one Ray instance for the simulations of a session -----------------------------------------
 
 

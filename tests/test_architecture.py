@@ -254,14 +254,10 @@ PER_ROUND = {"dropped"}
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
-def test_every_strategy_declares_the_state_it_carries_between_rounds(name, monkeypatch):
+@pytest.mark.usefixtures("flower_task")
+def test_every_strategy_declares_the_state_it_carries_between_rounds(name):
     """Whatever a strategy changes in itself over two rounds must be in its spec's ``state``,
     or a resumed run would silently start it again from nothing."""
-    from flwr.supercore.task_identity import TaskIdentity  # messages need a run outside Flower
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     spec = STRATEGIES.get(name)
     strategy = build_strategy(name, spec.Options())
     nodes = [101, 102, 103, 104, 105]

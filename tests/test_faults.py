@@ -211,14 +211,11 @@ def test_a_diverging_run_keeps_a_finite_model_and_stops_resumably(tmp_path, tiny
     assert _by_round(run.read_metrics(), "train", "clients") == {1: 0, 2: 0}
 
 
-def test_the_server_check_rejects_any_non_finite_weight_or_metric(monkeypatch):
+@pytest.mark.usefixtures("flower_task")
+def test_the_server_check_rejects_any_non_finite_weight_or_metric():
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
 
     from server.exchange import finite_reply
-
-    for attr in ("_run_id", "_node_id", "_task_id"):  # messages need a run outside Flower
-        monkeypatch.setattr(TaskIdentity, attr, 1)
 
     def reply(w, metrics):
         content = {"arrays": ArrayRecord({"w": torch.tensor(w)}), "metrics": MetricRecord(metrics)}
