@@ -125,6 +125,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario, args.set)
     build_experiment(scenario, check_all=True)  # fail fast on bad data before starting Flower
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise FedmetaError(f"--data-root {args.data_root!r} is not a folder; give the data folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-deploy-{stamp}"
     try:

@@ -56,20 +56,23 @@ def deploy(
     engine = "simulation runtime" if simulation else f"Deployment Engine, {n} SuperNodes"
     print(f"fedmeta: deploying {scenario.name!r} ({engine}) -> {out}", file=sys.stderr)
     t0 = time.monotonic()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the processes below are stopped
-    with Federation(work, secure=secure) as fed:
-        fed.start_superlink(simulation=simulation)
-        for pid in range(0 if simulation else n):
-            fed.add_supernode(pid, n, data_root)
-        (work / "processes.json").write_text(
-            json.dumps({name: p.pid for name, p in fed.procs.items()}, indent=1)
-        )
-        federation_config = None
-        if simulation:
-            cpus = max(1, round(scenario.backend.num_cpus))  # Flower takes whole CPUs here
-            federation_config = {"num-supernodes": n, "client-resources-num-cpus": cpus}
-        run_config = {"scenario": str(work / "scenario.toml"), "out": str(out)}
-        run_id = fed.submit(APP, run_config, federation_config)
-        print(f"fedmeta: flwr run {run_id} submitted to {fed.address}", file=sys.stderr)
-        status = fed.follow(run_id, timeout=timeout)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the processes are stopped
+    try:
+        with Federation(work, secure=secure) as fed:
+            fed.start_superlink(simulation=simulation)
+            for pid in range(0 if simulation else n):
+                fed.add_supernode(pid, n, data_root)
+            (work / "processes.json").write_text(
+                json.dumps({name: p.pid for name, p in fed.procs.items()}, indent=1)
+            )
+            federation_config = None
+            if simulation:
+                cpus = max(1, round(scenario.backend.num_cpus))  # Flower takes whole CPUs
+                federation_config = {"num-supernodes": n, "client-resources-num-cpus": cpus}
+            run_config = {"scenario": str(work / "scenario.toml"), "out": str(out)}
+            run_id = fed.submit(APP, run_config, federation_config)
+            print(f"fedmeta: flwr run {run_id} submitted to {fed.address}", file=sys.stderr)
+            status = fed.follow(run_id, timeout=timeout)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return {"run-id": run_id, "status": status, "wall-seconds": round(time.monotonic() - t0, 1)}

@@ -66,10 +66,10 @@ class Federation:
 
     # -- processes ---------------------------------------------------------------------------
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
-        )
+        with (self.workdir / f"{name}.log").open("ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
+            )
         self.procs[name] = proc
         return proc
 

@@ -130,6 +130,18 @@ def test_an_unreachable_ray_address_exits_2_at_validate_and_run(tmp_path, tiny_r
     assert not (tmp_path / "r").exists()
 
 
+def test_bad_deploy_values_exit_2_with_one_line(tmp_path, tiny_raw, capsys):
+    path = _write(tmp_path, tiny_raw)
+    for argv, needle in (
+        (["--data-root", str(tmp_path / "nowhere")], "--data-root"),
+        (["--timeout", "0"], "--timeout"),
+    ):
+        assert run_cli(["deploy", str(path), "--out", str(tmp_path / "d"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "d").exists()  # nothing was started
+
+
 # -- flwr run on Flower's simulation runtime ---------------------------------------------------
 
 
