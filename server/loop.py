@@ -161,10 +161,15 @@ class RoundLoop:
         self.progress.finish()
         return summarize(self.exp, self.latest, state, self.private.summary())
 
-    def _count(self, counts: dict[str, int]) -> None:
-        totals = self.state.setdefault("faults", {})
+    def _count(self, counts: dict[str, int], totals: str = "faults") -> None:
+        """Add this round's ``counts`` to the run's totals in ``state[totals]``."""
+        run = self.state.setdefault(totals, {})
         for key, n in counts.items():
-            totals[key] = totals.get(key, 0) + n
+            run[key] = run.get(key, 0) + n
+
+    def _deadline(self) -> float:
+        """When a phase sent now stops waiting for replies (seconds since the epoch)."""
+        return time.time() + self.exp.scenario.train.timeout
 
     def train_round(self, rnd: int) -> dict[str, Any]:
         """Sample, train and aggregate one round; returns the round's counts for progress.
@@ -177,7 +182,7 @@ class RoundLoop:
         trainer = self.private.strategy
         config = ConfigRecord(self.config)
         config[CHECKPOINT_ROUND] = self.checkpointed
-        config[DEADLINE] = time.time() + self.exp.scenario.train.timeout
+        config[DEADLINE] = self._deadline()
         sampled = list(trainer.configure_train(rnd, self.arrays, config, self.grid))
         msgs, gone = reachable(self.grid, sampled)
         replies, ok = self.exchange(self.grid, msgs)
@@ -235,9 +240,7 @@ class RoundLoop:
         nodes = Counter(
             str(r.content[PLACEMENT][RAY_NODE]) for r in replies if PLACEMENT in r.content
         )
-        totals = self.state.setdefault("clients-per-node", {})
-        for node, n in nodes.items():
-            totals[node] = totals.get(node, 0) + n
+        self._count(nodes, "clients-per-node")
         return {"clients-per-node": dict(sorted(nodes.items()))} if nodes else {}
 
     def _injected(self, rnd: int, msgs: list[Message]) -> dict[str, int]:
@@ -253,7 +256,7 @@ class RoundLoop:
         """Held-out evaluation, on the rounds the strategy evaluates. Clients that fail are
         asked once more; if some still fail, the pooled metrics say how many were scored."""
         config = ConfigRecord(self.config)
-        config[DEADLINE] = time.time() + self.exp.scenario.train.timeout
+        config[DEADLINE] = self._deadline()
         msgs = list(self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid))
         if not msgs:
             return
@@ -261,7 +264,7 @@ class RoundLoop:
         missing = [m.metadata.dst_node_id for m in msgs if m.metadata.dst_node_id not in scored]
         if missing:
             config[ATTEMPT] = 1
-            config[DEADLINE] = time.time() + self.exp.scenario.train.timeout
+            config[DEADLINE] = self._deadline()
             retry = self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid, missing)
             scored |= self._evaluate(list(retry))
         if not scored:
