@@ -60,6 +60,9 @@ class Federation:
         self.home = self.workdir / "flwr-home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, **QUIET, **(env or {}), "FLWR_HOME": str(self.home)}
+        # the SuperLink and SuperNodes start Flower's other executables by name
+        bindir = str(Path(sys.executable).parent)
+        self.env["PATH"] = os.pathsep.join([bindir, self.env.get("PATH", "")])
         self.tls: Tls | None = make_tls(self.workdir / "credentials") if secure else None
         self.procs: dict[str, subprocess.Popen] = {}
         self.address = ""
