@@ -19,33 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def used_bytes() -> int:
-    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    kb = int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])
-    return kb * 1024
-
-
-def tree_rss(root: int) -> int:
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        pid, ppid = int(entry.name), int(fields["PPid"])
-        children.setdefault(ppid, []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack += children.get(pid, [])
-    return total
+from runner.procs import machine_used_bytes, tree_rss_bytes
 
 
 def last_round(out: Path) -> int:
@@ -78,7 +54,7 @@ def main() -> None:
     ]
     cmd = [sys.executable, "-m", "runner.cli", "run", args.scenario, "--out", str(out)]
     cmd += [a for s in sets for a in ("--set", s)]
-    idle = used_bytes()
+    idle = machine_used_bytes()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marks = {1: "start", args.rounds // 2: "middle", args.rounds: "end"}
     seen: dict[str, tuple[int, int, int]] = {}
@@ -86,7 +62,7 @@ def main() -> None:
         rnd = last_round(out)
         for at, label in marks.items():
             if rnd >= at and label not in seen:
-                seen[label] = (rnd, used_bytes() - idle, tree_rss(proc.pid))
+                seen[label] = (rnd, machine_used_bytes() - idle, tree_rss_bytes(proc.pid))
         time.sleep(1.0)
     if proc.returncode != 0:
         raise SystemExit(f"the run failed with exit code {proc.returncode}")

@@ -9,6 +9,7 @@ evaluation tasks and reply with per-task metrics before and after adaptation.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -22,6 +23,7 @@ from clients.mods import (
     fault_mod,
     heldout_fault_mod,
     node_experiment,
+    partition_id,
     privacy_mod,
     secure_aggregation_mod,
 )
@@ -47,6 +49,7 @@ from fedmeta.protocol import (
     SCENARIO,
     SERVER_ROUND,
     UNIT_WEIGHT,
+    WORKER,
 )
 
 app = ClientApp()
@@ -58,25 +61,21 @@ def _setup(msg: Message, context: Context) -> Experiment:
     return exp
 
 
-def _placement() -> RecordDict:
-    """Where this client runs: its Ray node under a simulation, nothing otherwise."""
+def _placement(pid: int) -> RecordDict:
+    """Who answers (the client ``pid``) and where it runs: its process and, under a
+    simulation, its Ray node."""
+    where = ConfigRecord({PARTITION_ID: pid, WORKER: os.getpid()})
     ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return RecordDict()
-    return RecordDict(
-        {PLACEMENT: ConfigRecord({RAY_NODE: ray.get_runtime_context().get_node_id()[:12]})}
-    )
-
-
-def _pid(context: Context) -> int:
-    return int(context.node_config[PARTITION_ID])
+    if ray is not None and ray.is_initialized():
+        where[RAY_NODE] = ray.get_runtime_context().get_node_id()[:12]
+    return RecordDict({PLACEMENT: where})
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report this node's partition id (the server maps node ids to partitions once). A node
     whose partition the scenario names also loads its data now; any other node is ignored."""
-    pid = _pid(context)
+    pid = int(context.node_config[PARTITION_ID])
     if pid < scenario_clients(str(msg.content[CONFIG][SCENARIO])):
         _setup(msg, context)
     info = MetricRecord({PARTITION_ID: pid})
@@ -86,7 +85,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train(mods=[deadline_mod, secure_aggregation_mod, privacy_mod, byzantine_mod, fault_mod])
 def train(msg: Message, context: Context) -> Message:
     """Local meta-training from the global meta-parameters on this client's tasks."""
-    exp, pid = _setup(msg, context), _pid(context)
+    exp, pid = _setup(msg, context), partition_id(msg, context)
     if exp.is_heldout(pid):
         raise RuntimeError(f"held-out client {pid} was asked to train")
     t0 = time.perf_counter()
@@ -115,7 +114,7 @@ def train(msg: Message, context: Context) -> Message:
         {
             ARRAYS: ArrayRecord({k: v.cpu() for k, v in new_params.items()}),
             METRICS: MetricRecord(metrics),
-            **_placement(),
+            **_placement(pid),
         }
     )
     return Message(content, reply_to=msg)
@@ -124,11 +123,11 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate(mods=[deadline_mod, heldout_fault_mod])
 def evaluate(msg: Message, context: Context) -> Message:
     """Adapt on each fixed evaluation task's support set and score its query set."""
-    exp, pid = _setup(msg, context), _pid(context)
+    exp, pid = _setup(msg, context), partition_id(msg, context)
     params = exp.to_device(msg.content[ARRAYS].to_torch_state_dict())
     config = msg.content[CONFIG]
     steps = int(config[EVAL_INNER_STEPS]) if EVAL_INNER_STEPS in config else None
     tasks = exp.eval_tasks(pid)
     results = evaluate_tasks(exp.learner, params, tasks, exp.source.kind, steps=steps)
     metrics = MetricRecord({**results, NUM_EXAMPLES: len(tasks)})
-    return Message(RecordDict({METRICS: metrics, **_placement()}), reply_to=msg)
+    return Message(RecordDict({METRICS: metrics, **_placement(pid)}), reply_to=msg)

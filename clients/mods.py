@@ -67,15 +67,24 @@ def node_experiment(scenario_json: str, context: Context) -> Experiment:
     return experiment_from_json(scenario_json, None if root is None else str(root))
 
 
+def partition_id(msg: Message, context: Context, config: ConfigRecord | None = None) -> int:
+    """The client a message is for: the one its config (or ``config``) names (a simulation
+    node serves any client the server names), else the node's own partition (a deployed
+    site)."""
+    config = msg.content.config_records.get(CONFIG) if config is None else config
+    if config is not None and PARTITION_ID in config:
+        return int(config[PARTITION_ID])
+    return int(context.node_config[PARTITION_ID])
+
+
 def _experiment(msg: Message, context: Context) -> Experiment:
     return node_experiment(str(msg.content[CONFIG][SCENARIO]), context)
 
 
-def _seed_numpy(exp: Experiment, config: ConfigRecord, context: Context, *keys: int) -> None:
+def _seed_numpy(exp: Experiment, config: ConfigRecord, pid: int, *keys: int) -> None:
     """Seed numpy's global generator (which Flower's DP and SecAgg+ code draws from) per
-    scenario seed, round, client and ``keys``, so private runs are reproducible."""
+    scenario seed, round, client ``pid`` and ``keys``, so private runs are reproducible."""
     rnd = int(config[SERVER_ROUND])
-    pid = int(context.node_config[PARTITION_ID])
     np.random.seed(rng_for(exp.scenario.seed, Stream.NOISE, rnd, pid, *keys).integers(2**32))
 
 
@@ -84,7 +93,7 @@ def byzantine_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     honest clients, and every client without ``[adversary]``, pass through unchanged."""
     reply = call_next(msg, context)
     exp = _experiment(msg, context)
-    pid = int(context.node_config[PARTITION_ID])
+    pid = partition_id(msg, context)
     if reply.has_error() or pid not in exp.byzantine:
         return reply
     sent = msg.content[ARRAYS].to_torch_state_dict()
@@ -102,8 +111,7 @@ def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     faults = exp.scenario.faults
     if not faults.active:
         return call_next(msg, context)
-    rnd = int(msg.content[CONFIG][SERVER_ROUND])
-    pid = int(context.node_config[PARTITION_ID])
+    rnd, pid = int(msg.content[CONFIG][SERVER_ROUND]), partition_id(msg, context)
     kind = draw_fault(faults, exp.scenario.seed, rnd, pid)
     if kind == "crash":
         raise RuntimeError(f"injected fault: client {pid} crashed in round {rnd}")
@@ -137,7 +145,7 @@ def heldout_fault_mod(msg: Message, context: Context, call_next: ClientAppCallab
     """Make a held-out client's evaluation raise when it draws ``heldout-crash``."""
     exp = _experiment(msg, context)
     config = msg.content[CONFIG]
-    rnd, pid = int(config[SERVER_ROUND]), int(context.node_config[PARTITION_ID])
+    rnd, pid = int(config[SERVER_ROUND]), partition_id(msg, context)
     attempt = int(config[ATTEMPT]) if ATTEMPT in config else 0
     if heldout_crashes(exp.scenario.faults, exp.scenario.seed, rnd, pid, attempt):
         raise RuntimeError(f"injected fault: held-out client {pid} crashed in round {rnd}")
@@ -174,7 +182,7 @@ def privacy_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     options = exp.scenario.privacy
     if not options.dp:
         return call_next(msg, context)
-    _seed_numpy(exp, msg.content[CONFIG], context)
+    _seed_numpy(exp, msg.content[CONFIG], partition_id(msg, context))
     handler = call_next
     for mod in reversed(_privacy_chain(options)):
         handler = functools.partial(mod, call_next=handler)
@@ -233,5 +241,6 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         return call_next(msg, context)
     if "fitins.config" in msg.content.config_records:  # the stage that quantizes
         config = msg.content.config_records["fitins.config"]
-        _seed_numpy(node_experiment(str(config[SCENARIO]), context), config, context, 1)
+        pid = partition_id(msg, context, config)
+        _seed_numpy(node_experiment(str(config[SCENARIO]), context), config, pid, 1)
     return secaggplus_mod(msg, context, _legacy_step(call_next))

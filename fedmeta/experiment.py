@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,30 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+CACHED_CLIENTS = 256
+"""Clients whose sampler and evaluation tasks a process keeps (the most recently used): a
+process of a 10,000-client simulation serves many clients, and rebuilding either gives the
+same result (they are seeded by client)."""
+
+
+class _Recent(OrderedDict):
+    """A mapping that keeps only its ``size`` most recently used entries."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make):
+        """The value of ``key``, made by ``make()`` if absent."""
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
 @dataclass
 class Experiment:
     """The built pieces of a scenario (see module docstring)."""
@@ -71,8 +96,8 @@ class Experiment:
     train_learner: Learner | None = None
     """The learner of local updates when it differs from :attr:`learner` (DP-SGD); held-out
     clients always adapt with :attr:`learner`."""
-    _samplers: dict[tuple[int, int], EpisodeSampler] = field(default_factory=dict)
-    _eval_tasks: dict[int, list[Task]] = field(default_factory=dict)
+    _samplers: _Recent = field(default_factory=lambda: _Recent(CACHED_CLIENTS))
+    _eval_tasks: _Recent = field(default_factory=lambda: _Recent(CACHED_CLIENTS))
     _audit_splits: dict[int, tuple[Shard, Shard]] = field(default_factory=dict)
 
     @property
@@ -109,42 +134,48 @@ class Experiment:
 
     def sampler(self, partition_id: int, query: int | None = None) -> EpisodeSampler:
         """The client's episode sampler (``query`` examples per class; default ``task.query``)."""
+        query = query or self.scenario.task.query
+        return self._samplers.get(
+            (partition_id, query), lambda: self._new_sampler(partition_id, query)
+        )
+
+    def _new_sampler(self, partition_id: int, query: int) -> EpisodeSampler:
         t = self.scenario.task
-        query = query or t.query
-        if (partition_id, query) not in self._samplers:
-            role = "held-out" if self.is_heldout(partition_id) else "training"
-            skew = None
-            if self.scenario.skew.active:
-                held = self.is_heldout(partition_id)
-                index = partition_id - self.scenario.clients.train if held else partition_id
-                rng = rng_for(self.scenario.seed, Stream.SKEW, int(held), index)
-                skew = ClientSkew.draw(self.scenario.skew, rng, held)
-            self._samplers[partition_id, query] = EpisodeSampler(
-                self.source,
-                self.shard(partition_id),
-                t.n_way,
-                t.k_shot,
-                query,
-                who=f"{role} client {partition_id}",
-                skew=skew,
-                sorted_labels=t.label_order == "sorted",
-            )
-        return self._samplers[partition_id, query]
+        role = "held-out" if self.is_heldout(partition_id) else "training"
+        skew = None
+        if self.scenario.skew.active:
+            held = self.is_heldout(partition_id)
+            index = partition_id - self.scenario.clients.train if held else partition_id
+            rng = rng_for(self.scenario.seed, Stream.SKEW, int(held), index)
+            skew = ClientSkew.draw(self.scenario.skew, rng, held)
+        return EpisodeSampler(
+            self.source,
+            self.shard(partition_id),
+            t.n_way,
+            t.k_shot,
+            query,
+            who=f"{role} client {partition_id}",
+            skew=skew,
+            sorted_labels=t.label_order == "sorted",
+        )
 
     def eval_tasks(self, partition_id: int) -> list[Task]:
         """The fixed evaluation tasks of a client: the same in every round and every strategy."""
-        if partition_id not in self._eval_tasks:
-            # keyed by the held-out index, not the partition id: the same tasks whatever
-            # the number of training clients
-            if self.is_heldout(partition_id):
-                index = partition_id - self.scenario.clients.train
-                rng = rng_for(self.scenario.seed, Stream.EVAL, index)
-            else:  # training clients are not evaluated by the server; own stream for tools
-                rng = rng_for(self.scenario.seed, Stream.EVAL, partition_id, 1)
-            ev = self.scenario.evaluation
-            tasks = self.sampler(partition_id, ev.query).sample(rng, ev.tasks_per_client)
-            self._eval_tasks[partition_id] = [t.to(self.device) for t in tasks]
-        return self._eval_tasks[partition_id]
+        return self._eval_tasks.get_or_make(
+            partition_id, lambda: self._new_eval_tasks(partition_id)
+        )
+
+    def _new_eval_tasks(self, partition_id: int) -> list[Task]:
+        # keyed by the held-out index, not the partition id: the same tasks whatever the number
+        # of training clients
+        if self.is_heldout(partition_id):
+            index = partition_id - self.scenario.clients.train
+            rng = rng_for(self.scenario.seed, Stream.EVAL, index)
+        else:  # training clients are not evaluated by the server; own stream for tools
+            rng = rng_for(self.scenario.seed, Stream.EVAL, partition_id, 1)
+        ev = self.scenario.evaluation
+        tasks = self.sampler(partition_id, ev.query).sample(rng, ev.tasks_per_client)
+        return [t.to(self.device) for t in tasks]
 
     def train_sampler(self, partition_id: int, server_round: int):
         """``sample(n)`` for one client's local update in one round (seeds torch as well)."""
@@ -212,6 +243,11 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
         scenario.partition.options
     )
     c = scenario.clients
+    if (scenario.evaluation.clients or 0) > c.heldout:
+        raise FedmetaError(
+            f"evaluation.clients = {scenario.evaluation.clients} but clients.heldout = "
+            f"{c.heldout}; sample at most {c.heldout} held-out clients per evaluation"
+        )
     layout = build_layout(source, partitioner, c.train, c.heldout, scenario.seed, c.heldout_split)
     device = pick_device(scenario.backend.device)
     model = build_model(scenario, source).to(device)
@@ -226,7 +262,8 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
     exp = Experiment(scenario, source, layout, model, learner, device, byzantine, train_learner)
     if check_all:
         for pid in range(exp.n_clients):
-            exp.sampler(pid, scenario.evaluation.query if exp.is_heldout(pid) else None)
+            query = scenario.evaluation.query if exp.is_heldout(pid) else None
+            exp._new_sampler(pid, query or scenario.task.query)
     return exp
 
 

@@ -35,6 +35,9 @@ class Stream(IntEnum):
     """The privacy audit: held-back examples, audited clients and tasks."""
     FAULTS = 8
     """Injected faults (``FAULTS, round, partition[, attempt]``)."""
+    EVAL_SAMPLE = 9
+    """The held-out clients scored in one evaluation round (``EVAL_SAMPLE, round``), when
+    ``evaluation.clients`` asks for a sample."""
     SAMPLE = 0x7A1
     """The server's sample of training clients (``round, SAMPLE``: the round comes first)."""
     PARTITION = 0x5EED
@@ -88,11 +91,15 @@ SECAGG_WEIGHT_KEY = "fedmeta-weight-key"
 
 # -- node config and reply metrics (client -> server) -------------------------------------------
 PARTITION_ID = "partition-id"
-"""A node's partition (node config; the reply to the server's QUERY)."""
+"""A client (partition): a node's own (node config; the reply to the server's QUERY), the one a
+message is for (its config) and the one a reply comes from (its :data:`PLACEMENT` record)."""
 DATA_ROOT = "data-root"
 """Node config: a deployed site's own data folder (replaces the scenario's ``data.root``)."""
 PLACEMENT = "placement"
-"""A training reply's config record saying where the client ran (under Ray: :data:`RAY_NODE`)."""
+"""A reply's config record saying which client answered (:data:`PARTITION_ID`) and where it ran
+(:data:`WORKER`; under Ray also :data:`RAY_NODE`)."""
+WORKER = "worker"
+"""The id of the process a client ran in (a Ray actor under a simulation)."""
 RAY_NODE = "ray-node"
 """The id of the Ray node a simulated client ran on (its first 12 hex digits)."""
 NUM_EXAMPLES = "num-examples"

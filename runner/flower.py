@@ -174,9 +174,13 @@ class Federation:
         return int(json.loads(proc.stdout)["run-id"])
 
     def status(self, run_id: int) -> str:
-        """The run's status, e.g. ``running`` or ``finished:completed`` (``flwr list``)."""
-        proc = self.flwr("list", "--run-id", str(run_id), "--format", "json")
-        runs = json.loads(proc.stdout)["runs"]
+        """The run's status, e.g. ``running`` or ``finished:completed`` (``flwr list``);
+        ``unknown`` when flwr cannot tell now (a SuperLink too busy to answer in time)."""
+        try:
+            proc = self.flwr("list", "--run-id", str(run_id), "--format", "json", check=False)
+            runs = json.loads(proc.stdout)["runs"]
+        except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+            return "unknown"
         return str(runs[0]["status"]) if runs else "unknown"
 
     def follow(

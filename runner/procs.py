@@ -72,3 +72,21 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def machine_used_bytes() -> int:
+    """Memory in use on the whole machine: ``MemTotal - MemAvailable``."""
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return (int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])) * 1024
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Summed resident memory of ``root`` and its descendants (Ray's workers included; pages
+    shared between processes count once per process)."""
+    total = 0
+    for pid in with_descendants([root], processes()):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), "VmRSS: 0")
+            total += int(line.split()[1]) * 1024
+    return total

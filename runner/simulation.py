@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmeta.errors import FedmetaError
+from fedmeta.protocol import sample_size
 from fedmeta.results import RunDir
 from fedmeta.scenario import Scenario
 
@@ -109,8 +110,22 @@ def loopback_only(address: str | None) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+POOL_EVAL = 64
+"""Held-out clients evaluated in one exchange (at most), when more than a round trains."""
+
+
+def pool_size(scenario: Scenario) -> int:
+    """Simulation nodes for a scenario: one per client of the largest exchange (a training
+    round's sample, or up to :data:`POOL_EVAL` held-out clients), never one per client
+    (:mod:`server.roster`)."""
+    c = scenario.clients
+    per_round = sample_size(scenario.train.fraction, c.train)
+    return min(c.train + c.heldout, max(per_round, min(c.heldout, POOL_EVAL)))
+
+
 def simulate(scenario: Scenario, run_dir: RunDir, progress) -> dict[str, Any]:
-    """Run the scenario's federated training to the end; return the summary."""
+    """Run the scenario's federated training to the end; return the summary. The simulation
+    has a pool of :func:`pool_size` nodes, each serving whichever client the server names."""
     quiet()
     config = backend_config(scenario)
     loopback_only(config["init_args"].get("address"))
@@ -122,12 +137,13 @@ def simulate(scenario: Scenario, run_dir: RunDir, progress) -> dict[str, Any]:
 
     quiet()
     result: dict[str, Any] = {}
-    server_app = make_server_app(scenario, run_dir, progress, result)
+    nodes = pool_size(scenario)
+    server_app = make_server_app(scenario, run_dir, progress, result, nodes)
     try:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=scenario.clients.train + scenario.clients.heldout,
+            num_supernodes=nodes,
             backend_config=config,
         )
     finally:

@@ -46,10 +46,13 @@ class LogProgress:
         pass
 
 
-def serve(grid: Grid, scenario: Scenario, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
-    """Run a scenario on ``grid`` and write its final results into ``run_dir``."""
+def serve(
+    grid: Grid, scenario: Scenario, run_dir: RunDir, progress: Progress, pool_size: int = 0
+) -> dict[str, Any]:
+    """Run a scenario on ``grid`` and write its final results into ``run_dir`` (``pool_size``:
+    see :func:`server.loop.run_rounds`)."""
     exp = build_experiment(scenario)
-    summary = run_rounds(grid, exp, run_dir, progress)
+    summary = run_rounds(grid, exp, run_dir, progress, pool_size)
     params = run_dir.load_checkpoint()["params"]
     if scenario.privacy.audit:
         summary["audit"] = run_audit(exp, params, exp.initial_params())
@@ -58,17 +61,22 @@ def serve(grid: Grid, scenario: Scenario, run_dir: RunDir, progress: Progress) -
 
 
 def make_server_app(
-    scenario: Scenario, run_dir: RunDir, progress: Progress, result: dict[str, Any]
+    scenario: Scenario,
+    run_dir: RunDir,
+    progress: Progress,
+    result: dict[str, Any],
+    pool_size: int = 0,
 ) -> ServerApp:
     """A ServerApp bound to one scenario; the summary is stored in ``result["summary"]``, or
     the exception that stopped the run in ``result["error"]`` (Flower runs the app in a thread
-    of its own and would only log it)."""
+    of its own and would only log it). ``pool_size``: the simulation's nodes are a pool that
+    serves any client (:mod:`server.roster`)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            result["summary"] = serve(grid, scenario, run_dir, progress)
+            result["summary"] = serve(grid, scenario, run_dir, progress, pool_size)
         except Exception as exc:  # handed to the caller of run_simulation, who raises it
             result["error"] = exc
 

@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedmeta.experiment import Experiment
 from fedmeta.protocol import ARRAYS, CONFIG, INFO, METRICS, PARTITION_ID, UNIT_WEIGHT
+from server.roster import Roster
 from server.secagg import secure_round
 
 log = logging.getLogger("fedmeta")
@@ -29,8 +30,8 @@ class ClientFailure(RuntimeError):
 
 def connect(
     grid, n_clients: int, config: ConfigRecord, timeout: float = 300.0, settle: float = 30.0
-) -> dict[int, int]:
-    """Node id -> partition id for the scenario's partitions ``0 .. n_clients - 1``.
+) -> Roster:
+    """A node per partition, for the scenario's partitions ``0 .. n_clients - 1``.
 
     The ServerApp starts before the nodes register (and SuperNodes of a deployment join one by
     one), so this polls the grid and asks every new node for its partition id (a QUERY, which
@@ -81,7 +82,18 @@ def connect(
             f" (holding partition {_spans(sorted(extra))})" if extra and not unasked else "",
             n_clients,
         )
-    return partition_of
+    return Roster(node_of={pid: node for node, pid in partition_of.items()})
+
+
+def pool(grid, size: int, timeout: float = 300.0) -> Roster:
+    """A pool of ``size`` interchangeable simulation nodes (see :mod:`server.roster`): no
+    message is needed, only the nodes' registration."""
+    t0 = time.monotonic()
+    while len(nodes := sorted(grid.get_node_ids())) < size:
+        if time.monotonic() - t0 > timeout:
+            raise ClientFailure(f"only {len(nodes)} of {size} simulation nodes registered")
+        time.sleep(0.1)
+    return Roster(pool=nodes[:size])
 
 
 def _ask_partitions(grid, nodes: list[int], config: ConfigRecord, timeout: float) -> dict[int, int]:

@@ -34,6 +34,9 @@ from fedmeta.protocol import (
     RAY_NODE,
     SCENARIO,
     UNIT_WEIGHT,
+    WORKER,
+    Stream,
+    rng_for,
 )
 from fedmeta.results import RunDir
 from server.exchange import (
@@ -45,9 +48,11 @@ from server.exchange import (
     finite_arrays,
     finite_reply,
     make_exchange,
+    pool,
     reachable,
 )
 from server.privacy import Privacy
+from server.roster import chunks, reply_partition, sent_partition
 from server.strategies import build_strategy
 
 log = logging.getLogger("fedmeta")
@@ -77,7 +82,9 @@ class RoundLoop:
     :meth:`evaluate_round` and :meth:`checkpoint`, writing metrics every round.
     """
 
-    def __init__(self, grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> None:
+    def __init__(
+        self, grid, exp: Experiment, run_dir: RunDir, progress: Progress, pool_size: int = 0
+    ) -> None:
         sc = exp.scenario
         self.grid, self.exp, self.run_dir, self.progress = grid, exp, run_dir, progress
         self.config = ConfigRecord({SCENARIO: sc.to_json()})
@@ -85,15 +92,21 @@ class RoundLoop:
             self.config[EVAL_INNER_STEPS] = sc.evaluation.inner_steps
         self.state_dir = run_dir.path.resolve() / "client-state"
         self.config[CLIENT_STATE_DIR] = str(self.state_dir)
-        partition_of = connect(grid, exp.n_clients, self.config, max(300.0, sc.train.timeout))
+        wait = max(300.0, sc.train.timeout)
+        roster = (
+            pool(grid, pool_size, wait)
+            if pool_size
+            else connect(grid, exp.n_clients, self.config, wait)
+        )
         weight_key = UNIT_WEIGHT if sc.privacy.central_dp else NUM_EXAMPLES
         self.strategy = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
         self.private = Privacy(self.strategy, sc)  # .strategy: Flower's DP wrapper, or strategy
         self.exchange = make_exchange(exp, weight_key)
         self.late = LateReplies()
         self.strategy.bind(
-            partition_of,
+            roster,
             sc.clients.train,
+            sc.clients.heldout,
             sc.train.fraction,
             sc.seed,
             eval_rounds(exp),
@@ -139,7 +152,7 @@ class RoundLoop:
             stalled = state.get("stalled", 0) >= sc.train.max_stalled_rounds
             if out_of_time:
                 self.strategy.eval_rounds.add(rnd)  # the last round is always evaluated
-            self.evaluate_round(rnd)
+            self.evaluate_round(rnd, final=rnd == sc.train.rounds or out_of_time or stalled)
             state["round"] = rnd
             state["wall"] = time.monotonic() - t_resume
             self.run_dir.append_metrics(
@@ -226,7 +239,7 @@ class RoundLoop:
             **self._per_node(ok),
             "dropped": self.strategy.dropped,
             "round-train-seconds": time.monotonic() - t_train,
-            **self.private.after_round(ok, self.strategy.partition_of, aggregated),
+            **self.private.after_round(ok, aggregated),
         }
         metrics = {k: v for k, v in (train_metrics or {}).items() if k != COMPUTE_SECONDS}
         self.run_dir.append_metrics(
@@ -236,61 +249,72 @@ class RoundLoop:
 
     def _per_node(self, replies: list[Message]) -> dict[str, Any]:
         """``{"clients-per-node": {ray node: clients}}`` when the replies say where they ran
-        (under Ray); the run's totals go to the summary."""
-        nodes = Counter(
-            str(r.content[PLACEMENT][RAY_NODE]) for r in replies if PLACEMENT in r.content
-        )
+        (under Ray; the run's totals go to the summary), and the summed client compute of the
+        busiest worker process (``slowest-worker-compute-seconds``)."""
+        where = [r.content[PLACEMENT] for r in replies]
+        nodes = Counter(str(p[RAY_NODE]) for p in where if RAY_NODE in p)
         self._count(nodes, "clients-per-node")
-        return {"clients-per-node": dict(sorted(nodes.items()))} if nodes else {}
+        work: Counter[int] = Counter()
+        for r, p in zip(replies, where, strict=True):
+            if WORKER in p:  # not under SecAgg+, whose replies are built by the server
+                work[int(p[WORKER])] += float(r.content[METRICS][COMPUTE_SECONDS])
+        out = {"slowest-worker-compute-seconds": max(work.values())} if work else {}
+        return out | ({"clients-per-node": dict(sorted(nodes.items()))} if nodes else {})
 
     def _injected(self, rnd: int, msgs: list[Message]) -> dict[str, int]:
         """The faults the sampled clients draw this round (``[faults]``), by kind."""
         sc = self.exp.scenario
         if not sc.faults.active:
             return {}
-        pids = [self.strategy.partition_of[m.metadata.dst_node_id] for m in msgs]
+        pids = [sent_partition(m) for m in msgs]
         drawn = [draw_fault(sc.faults, sc.seed, rnd, pid) for pid in pids]
         return {f"injected-{kind}": drawn.count(kind) for kind in KINDS}
 
-    def evaluate_round(self, rnd: int) -> None:
-        """Held-out evaluation, on the rounds the strategy evaluates. Clients that fail are
+    def evaluate_round(self, rnd: int, final: bool = False) -> None:
+        """Held-out evaluation, on the rounds the strategy evaluates, in exchanges of at most
+        the roster's capacity: every held-out client, or a seeded sample of
+        ``evaluation.clients`` of them except in the ``final`` round. Clients that fail are
         asked once more; if some still fail, the pooled metrics say how many were scored."""
-        config = ConfigRecord(self.config)
-        config[DEADLINE] = self._deadline()
-        msgs = list(self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid))
-        if not msgs:
+        if rnd not in self.strategy.eval_rounds:
             return
-        scored = self._evaluate(msgs)
-        missing = [m.metadata.dst_node_id for m in msgs if m.metadata.dst_node_id not in scored]
+        config = ConfigRecord(self.config)
+        k = None if final else self.exp.scenario.evaluation.clients
+        pids = heldout_sample(self.strategy.heldout, k, self.exp.scenario.seed, rnd)
+        scored = self._evaluate(rnd, config, pids)
+        missing = [p for p in pids if p not in scored]
         if missing:
             config[ATTEMPT] = 1
-            config[DEADLINE] = self._deadline()
-            retry = self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid, missing)
-            scored |= self._evaluate(list(retry))
+            scored |= self._evaluate(rnd, config, missing)
         if not scored:
             raise ClientFailure(f"every held-out client failed to evaluate in round {rnd}, twice")
         heldout = dict(self.strategy.aggregate_evaluate(rnd, list(scored.values())))
-        heldout |= {"num-clients-expected": len(msgs), "retried": len(missing)}
-        self._count({"heldout-retried": len(missing), "heldout-missing": len(msgs) - len(scored)})
-        if len(scored) < len(msgs):
+        heldout |= {"num-clients-expected": len(pids), "retried": len(missing)}
+        self._count({"heldout-retried": len(missing), "heldout-missing": len(pids) - len(scored)})
+        if len(scored) < len(pids):
             log.warning(
                 "round %d: %d of %d held-out clients failed twice; held-out metrics cover %d",
                 rnd,
-                len(msgs) - len(scored),
-                len(msgs),
+                len(pids) - len(scored),
+                len(pids),
                 len(scored),
             )
         self.latest = {"round": rnd, **heldout}
         self.run_dir.append_metrics(rnd, "heldout", heldout)
 
-    def _evaluate(self, msgs: list[Message]) -> dict[int, Message]:
-        """Send evaluation messages (to the nodes still connected); the successful replies by
-        node."""
-        msgs, _ = reachable(self.grid, msgs)
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.exp.scenario.train.timeout))
-        self.late.expect(msgs, replies)
-        self.state["bytes"] += self.model_bytes * len(msgs)
-        return {r.metadata.src_node_id: r for r in replies if not r.has_error()}
+    def _evaluate(self, rnd: int, config: ConfigRecord, pids: list[int]) -> dict[int, Message]:
+        """Evaluate the held-out clients ``pids`` (those whose node is still connected), an
+        exchange per roster-full; the successful replies by client."""
+        scored: dict[int, Message] = {}
+        for chunk in chunks(pids, self.strategy.roster.capacity):
+            config[DEADLINE] = self._deadline()
+            ask = self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid, chunk)
+            msgs, _ = reachable(self.grid, list(ask))
+            timeout = self.exp.scenario.train.timeout
+            replies = list(self.grid.send_and_receive(msgs, timeout=timeout))
+            self.late.expect(msgs, replies)
+            self.state["bytes"] += self.model_bytes * len(msgs)
+            scored |= {reply_partition(r): r for r in replies if not r.has_error()}
+        return scored
 
     def checkpoint(self) -> None:
         """Save everything a resumed run needs: parameters, server-optimiser and privacy state,
@@ -307,9 +331,21 @@ class RoundLoop:
         self.checkpointed = self.state["round"]
 
 
-def run_rounds(grid, exp: Experiment, run_dir: RunDir, progress: Progress) -> dict[str, Any]:
-    """Run (or resume) the whole federated training; returns the summary dict."""
-    return RoundLoop(grid, exp, run_dir, progress).run()
+def heldout_sample(heldout: list[int], k: int | None, seed: int, rnd: int) -> list[int]:
+    """The held-out clients scored in round ``rnd``: all, or a seeded sample of ``k``."""
+    if k is None or k >= len(heldout):
+        return list(heldout)
+    rng = rng_for(seed, Stream.EVAL_SAMPLE, rnd)
+    return [heldout[i] for i in sorted(rng.choice(len(heldout), size=k, replace=False))]
+
+
+def run_rounds(
+    grid, exp: Experiment, run_dir: RunDir, progress: Progress, pool_size: int = 0
+) -> dict[str, Any]:
+    """Run (or resume) the whole federated training; returns the summary dict. With
+    ``pool_size``, the grid's nodes are a pool of that many simulation nodes serving any client
+    (:mod:`server.roster`); otherwise every client is a node of its own."""
+    return RoundLoop(grid, exp, run_dir, progress, pool_size).run()
 
 
 def last_heldout(run_dir: RunDir) -> dict[str, Any]:

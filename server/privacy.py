@@ -35,6 +35,7 @@ from fedmeta.privacy.options import PrivacyOptions
 from fedmeta.protocol import METRICS, Stream, rng_for
 from fedmeta.registry import Registry
 from fedmeta.scenario import Scenario
+from server.roster import reply_partition
 
 Wrap = Callable[[Strategy, float, PrivacyOptions, int], Strategy]
 CENTRAL: Registry[Wrap] = Registry("central DP mode")
@@ -112,9 +113,7 @@ class Privacy:
         np.random.seed(rng_for(self.seed, Stream.NOISE, server_round).integers(2**32))
         return self.strategy.aggregate_train(server_round, replies)
 
-    def after_round(
-        self, replies: list[Message], partition_of: dict[int, int], aggregated: int
-    ) -> dict[str, float]:
+    def after_round(self, replies: list[Message], aggregated: int) -> dict[str, float]:
         """Record the round's releases; the metrics to log. ``replies`` are the successful
         ones (each client's own releases: DP-SGD steps, local-DP replies), ``aggregated`` how
         many of them entered the released aggregate (0: nothing was released)."""
@@ -128,7 +127,7 @@ class Privacy:
             if hasattr(self.strategy, "clipping_norm"):
                 out["clipping-norm"] = float(self.strategy.clipping_norm)
         for reply in replies:
-            pid = partition_of[reply.metadata.src_node_id]
+            pid = reply_partition(reply)
             self.replies[pid] = self.replies.get(pid, 0) + 1
             metrics = reply.content[METRICS]
             if "dp-sgd-tasks" in metrics:

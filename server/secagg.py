@@ -26,7 +26,16 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from fedmeta.privacy.options import PrivacyOptions
-from fedmeta.protocol import ARRAYS, CONFIG, METRICS, SECAGG_NAMES, SECAGG_WEIGHT_KEY, SERVER_ROUND
+from fedmeta.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    PARTITION_ID,
+    PLACEMENT,
+    SECAGG_NAMES,
+    SECAGG_WEIGHT_KEY,
+    SERVER_ROUND,
+)
 
 
 class _Proxy:
@@ -110,6 +119,7 @@ def secure_round(
         fitres = by_node.get(msg.metadata.dst_node_id)
         if fitres is not None:
             metrics = MetricRecord({**fitres.metrics, weight_key: 1})
-            content = RecordDict({ARRAYS: aggregate, METRICS: metrics})
+            placement = ConfigRecord({PARTITION_ID: msg.content[CONFIG][PARTITION_ID]})
+            content = RecordDict({ARRAYS: aggregate, METRICS: metrics, PLACEMENT: placement})
             replies.append(Message(content, reply_to=msg))
     return replies

@@ -6,8 +6,9 @@ mixin overrides only ``configure_train``, ``configure_evaluate``, ``aggregate_tr
 ``aggregate_evaluate``:
 
 * training messages go to a deterministic sample of *training* clients
-  (``rng_for(seed, round, Stream.SAMPLE)`` over the partition-sorted list);
-* evaluation messages go to every *held-out* client, on evaluation rounds only;
+  (``rng_for(seed, round, Stream.SAMPLE)`` over their partition ids), each message naming its
+  client and sent to the node the :class:`~server.roster.Roster` gives it;
+* evaluation messages go to *held-out* clients, on evaluation rounds only;
 * replies are sorted by partition id before Flower aggregates them, so float sums are
   reproducible;
 * held-out metrics are pooled over tasks, with a 95% confidence interval.
@@ -26,6 +27,7 @@ from fedmeta.options import Options
 from fedmeta.protocol import NUM_EXAMPLES, Stream, rng_for, sample_size
 from fedmeta.strategies import STRATEGIES, StrategySpec
 from server.evaluation import pool_heldout_metrics
+from server.roster import Roster, reply_partition
 
 
 class _SubsetGrid:
@@ -45,47 +47,54 @@ class _SubsetGrid:
 class FedMetaMixin:
     """Deterministic sampling and held-out evaluation on top of a Flower strategy class.
 
-    Call :meth:`bind` once the node -> partition map is known.
+    Call :meth:`bind` once the roster (which node serves which client) is known.
     """
 
     spec: ClassVar[type[StrategySpec]]
 
     def bind(
         self,
-        partition_of: dict[int, int],
+        roster: Roster,
         n_train: int,
+        n_heldout: int,
         fraction: float,
         seed: int,
         eval_rounds: set[int],
         dropout: float = 0.0,
     ) -> None:
-        self.partition_of = partition_of
-        by_pid = sorted(partition_of, key=partition_of.get)
-        self.train_nodes = [n for n in by_pid if partition_of[n] < n_train]
-        self.heldout_nodes = [n for n in by_pid if partition_of[n] >= n_train]
+        self.roster, self.n_train = roster, n_train
+        self.heldout = list(range(n_train, n_train + n_heldout))
         self.fraction, self.seed, self.eval_rounds = fraction, seed, eval_rounds
         self.dropout, self.dropped = dropout, 0
 
-    def sample_train_nodes(self, server_round: int) -> list[int]:
-        """A seeded sample of ``fraction`` of the training clients; with ``dropout``, each
-        sampled client then drops out of the round with that probability (at least one
-        stays). ``self.dropped`` counts the dropped ones."""
-        k = sample_size(self.fraction, len(self.train_nodes))
+    def sample_train(self, server_round: int) -> list[int]:
+        """A seeded sample of ``fraction`` of the training clients (partition ids, sorted); with
+        ``dropout``, each sampled client then drops out of the round with that probability (at
+        least one stays). ``self.dropped`` counts the dropped ones."""
+        k = sample_size(self.fraction, self.n_train)
         rng = rng_for(self.seed, server_round, Stream.SAMPLE)
-        picked = sorted(rng.choice(len(self.train_nodes), size=k, replace=False))
+        picked = sorted(int(i) for i in rng.choice(self.n_train, size=k, replace=False))
         stay = [i for i in picked if rng.uniform() >= self.dropout] if self.dropout else picked
         stay = stay or picked[:1]
         self.dropped = len(picked) - len(stay)
-        return [self.train_nodes[i] for i in stay]
+        return stay
 
     def _sorted(self, replies: Iterable[Message]) -> list[Message]:
-        return sorted(replies, key=lambda m: self.partition_of[m.metadata.src_node_id])
+        """Successful replies ordered by client (errors first), so float sums are reproducible."""
+        return sorted(replies, key=lambda m: -1 if m.has_error() else reply_partition(m))
+
+    def _addressed(self, messages: Iterable[Message], pids: list[int]) -> list[Message]:
+        """The Flower strategy's message (configured for one node) once per client ``pids``."""
+        template = next(iter(messages), None)
+        return [] if template is None else self.roster.address(template, pids)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        view = _SubsetGrid(grid, self.sample_train_nodes(server_round))
-        return super().configure_train(server_round, arrays, config, view)  # type: ignore[misc]
+        pids = self.sample_train(server_round)
+        view = _SubsetGrid(grid, self.roster.nodes(pids[:1]))
+        one = super().configure_train(server_round, arrays, config, view)  # type: ignore[misc]
+        return self._addressed(one, pids)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -110,15 +119,16 @@ class FedMetaMixin:
         arrays: ArrayRecord,
         config: ConfigRecord,
         grid: Grid,
-        nodes: list[int] | None = None,
+        pids: list[int] | None = None,
     ) -> Iterable[Message]:
-        """Evaluation messages to every held-out client (or to ``nodes``, a retry), on
-        evaluation rounds only."""
-        nodes = self.heldout_nodes if nodes is None else nodes
-        if server_round not in self.eval_rounds or not nodes:  # Flower would wait for a node
+        """Evaluation messages to the held-out clients ``pids`` (at most the roster's
+        capacity; by default every held-out client), on evaluation rounds only."""
+        pids = self.heldout[: self.roster.capacity] if pids is None else pids
+        if server_round not in self.eval_rounds or not pids:  # Flower would wait for a node
             return []
-        view = _SubsetGrid(grid, nodes)
-        return super().configure_evaluate(server_round, arrays, config, view)  # type: ignore[misc]
+        view = _SubsetGrid(grid, self.roster.nodes(pids[:1]))
+        one = super().configure_evaluate(server_round, arrays, config, view)  # type: ignore[misc]
+        return self._addressed(one, pids)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from fedmeta.models import MODELS
 from fedmeta.registry import Registry
 from fedmeta.strategies import STRATEGIES
+from server.roster import Roster, sent_partition
 from server.strategies import build_strategy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +262,7 @@ def test_every_strategy_declares_the_state_it_carries_between_rounds(name):
     spec = STRATEGIES.get(name)
     strategy = build_strategy(name, spec.Options())
     nodes = [101, 102, 103, 104, 105]
-    strategy.bind({n: i for i, n in enumerate(nodes)}, 5, 1.0, 0, set())
+    strategy.bind(Roster(pool=nodes), 5, 0, 1.0, 0, set())
     arrays = ArrayRecord({"w": torch.zeros(4)})
     changed: set[str] = set()
     for rnd in (1, 2):
@@ -273,6 +274,7 @@ def test_every_strategy_declares_the_state_it_carries_between_rounds(name):
                     {
                         "arrays": ArrayRecord({"w": torch.full((4,), float(i + rnd))}),
                         "metrics": MetricRecord({"num-examples": 1 + i}),
+                        "placement": ConfigRecord({"partition-id": sent_partition(m)}),
                     }
                 ),
                 reply_to=m,

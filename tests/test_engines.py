@@ -83,8 +83,8 @@ def test_the_server_uses_exactly_the_nodes_the_scenario_names(caplog):
 
     grid = FakeGrid({100 + p: p for p in range(7)})  # 7 nodes, the scenario names 4
     with caplog.at_level("WARNING", logger="fedmeta"):
-        partition_of = connect(grid, 4, ConfigRecord(), settle=0.2)
-    assert partition_of == {100: 0, 101: 1, 102: 2, 103: 3}
+        roster = connect(grid, 4, ConfigRecord(), settle=0.2)
+    assert roster.node_of == {0: 100, 1: 101, 2: 102, 3: 103}
     assert "ignoring 3 extra node(s) (holding partition 4-6)" in caplog.text
 
 
@@ -116,6 +116,28 @@ def test_flwr_run_config_resolves_paths_and_refuses_relative_output(tmp_path, mo
         run_from_config({"scenario": "scenarios/heart-loho.toml", "out": "runs"}, 8)
     with pytest.raises(FedmetaError, match="no file"):
         run_from_config({"scenario": "scenarios/nope.toml"}, 9)
+
+
+def test_a_status_flwr_cannot_read_now_is_unknown_not_a_crash(tmp_path, monkeypatch):
+    """``flwr list`` answers with an error object (or times out) when the SuperLink is too busy;
+    following the run then keeps polling instead of failing."""
+    fed = Federation(tmp_path)
+    answers = iter(
+        [
+            SimpleNamespace(stdout='{"success": false, "error-message": "busy"}'),
+            subprocess.TimeoutExpired("flwr", 120),
+            SimpleNamespace(stdout='{"runs": [{"status": "finished:completed"}]}'),
+        ]
+    )
+
+    def flwr(*args, check=True):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(fed, "flwr", flwr)
+    assert [fed.status(7) for _ in range(3)] == ["unknown", "unknown", "finished:completed"]
 
 
 def test_an_unreachable_ray_address_exits_2_at_validate_and_run(tmp_path, tiny_raw, capsys):

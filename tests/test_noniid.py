@@ -15,6 +15,7 @@ from fedmeta.skew import ClientSkew, SkewOptions
 from fedmeta.strategies import STRATEGIES
 from fedmeta.tasks import Task
 from runner.cli import run_cli
+from server.roster import Roster
 from server.strategies import build_strategy
 from tests.conftest import data_root
 from tests.test_partition import Toy, layout
@@ -127,12 +128,12 @@ def test_rotation_on_tabular_data_is_a_scenario_error(tiny_raw, tmp_path, capsys
 
 def test_dropout_drops_the_expected_share_deterministically():
     strategy = build_strategy("fedavg", STRATEGIES.get("fedavg").Options())
-    strategy.bind({i: i for i in range(100)}, 100, 0.5, seed=7, eval_rounds=set(), dropout=0.3)
-    kept = [len(strategy.sample_train_nodes(r)) for r in range(1, 201)]
+    strategy.bind(Roster(pool=list(range(100))), 100, 0, 0.5, 7, set(), dropout=0.3)
+    kept = [len(strategy.sample_train(r)) for r in range(1, 201)]
     assert 0.66 < np.mean(kept) / 50 < 0.74
-    assert kept == [len(strategy.sample_train_nodes(r)) for r in range(1, 201)]
-    strategy.bind({0: 0, 1: 1}, 2, 0.5, seed=7, eval_rounds=set(), dropout=0.99)
-    assert all(len(strategy.sample_train_nodes(r)) == 1 for r in range(1, 20))  # at least one
+    assert kept == [len(strategy.sample_train(r)) for r in range(1, 201)]
+    strategy.bind(Roster(pool=[0, 1]), 2, 0, 0.5, 7, set(), dropout=0.99)
+    assert all(len(strategy.sample_train(r)) == 1 for r in range(1, 20))  # at least one
 
 
 @pytest.fixture

@@ -138,13 +138,11 @@ def test_central_ledger_counts_what_was_released(tiny_raw):
     sc = scenario_from_dict(tiny_raw)
     private = Privacy(build_strategy("fedavg", sc.strategy.options), sc)
     reply = [
-        SimpleNamespace(metadata=SimpleNamespace(src_node_id=n), content={"metrics": {}})
-        for n in range(4)
+        SimpleNamespace(content={"metrics": {}, "placement": {"partition-id": n}}) for n in range(4)
     ]
-    pids = {n: n for n in range(4)}
-    private.after_round(reply, pids, aggregated=4)
-    private.after_round(reply[:2], pids, aggregated=2)
-    private.after_round(reply, pids, aggregated=0)  # nothing released (e.g. all rejected)
+    private.after_round(reply, aggregated=4)
+    private.after_round(reply[:2], aggregated=2)
+    private.after_round(reply, aggregated=0)  # nothing released (e.g. all rejected)
     assert private.ledger.history == [(2.0, 1.0, 1), (1.0, 1.0, 1)]
     expected = epsilon([(2.0, 1.0, 1), (1.0, 1.0, 1)], 1e-5)
     assert private.summary()["epsilon"] == pytest.approx(expected)

@@ -56,6 +56,9 @@ class EvaluationOptions(Options):
     query: int | None = Field(None, ge=1)
     inner_steps: int | None = Field(None, ge=0)
     at_start: bool = True
+    clients: int | None = Field(None, ge=1)
+    """Held-out clients scored per evaluation round, a seeded sample (the final evaluation
+    scores all of them); by default all, every time."""
 
 
 class BackendOptions(Options):
