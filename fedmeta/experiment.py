@@ -135,9 +135,8 @@ class Experiment:
     def sampler(self, partition_id: int, query: int | None = None) -> EpisodeSampler:
         """The client's episode sampler (``query`` examples per class; default ``task.query``)."""
         query = query or self.scenario.task.query
-        return self._samplers.get(
-            (partition_id, query), lambda: self._new_sampler(partition_id, query)
-        )
+        key = (partition_id, query)
+        return self._samplers.get_or_make(key, lambda: self._new_sampler(partition_id, query))
 
     def _new_sampler(self, partition_id: int, query: int) -> EpisodeSampler:
         t = self.scenario.task
