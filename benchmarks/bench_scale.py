@@ -6,7 +6,8 @@ N / 10 held-out clients, 20 clients sampled per round, ``--rounds`` rounds and o
 evaluation of every held-out client at the end, and samples memory every 0.2 s:
 
 * **start-up**: process start to the start of round 1 (the moment round 1's record appears,
-  less that round's own seconds);
+  less that round's own seconds), and **round 1** itself (the workers' warm-up: Ray starts
+  them, they import torch and build the experiment);
 * **s / round**: the median ``round-train-seconds`` of rounds 2 onwards;
 * **overhead / client**: ``(round seconds - slowest worker's summed client compute) / clients``,
   the median over rounds 2 onwards (a worker is one Ray actor process);
@@ -81,10 +82,10 @@ def train_rounds(rows: list[dict]) -> dict[int, dict]:
 
 
 def run_one(source: str, n: int, rounds: int, out: Path, timeout: float) -> dict:
-    """One run, measured; ``out/result.json`` caches it."""
+    """One run, measured (``out/result.json`` caches the measurements), with its figures."""
     cached = out / "result.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        return figures(out, json.loads(cached.read_text()))
     scenario = SOURCES[source][0]
     cmd = [sys.executable, "-m", "runner.cli", "run", scenario, "--out", str(out)]
     cmd += [a for s in settings(source, n, rounds) for a in ("--set", s)]
@@ -106,15 +107,27 @@ def run_one(source: str, n: int, rounds: int, out: Path, timeout: float) -> dict
     finally:
         if proc.poll() is None:
             kill_tree([proc.pid])
-    wall = time.monotonic() - t0
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    result: dict = {"source": source, "n": n, "wall": wall, "finished": proc.returncode == 0}
-    result |= {"peak-tree-bytes": peak_tree, "peak-machine-bytes": peak_machine}
+    measured: dict = {"source": source, "n": n, "wall": time.monotonic() - t0}
+    measured |= {"finished": proc.returncode == 0, "round1-seen": round1_seen}
+    measured |= {"peak-tree-bytes": peak_tree, "peak-machine-bytes": peak_machine}
     if proc.returncode != 0:
-        result["error"] = (stderr.strip().splitlines() or ["killed after the timeout"])[-1]
+        measured["error"] = (stderr.strip().splitlines() or ["killed after the timeout"])[-1]
+    if measured["finished"]:
+        cached.write_text(json.dumps(measured, indent=1))
+    return figures(out, measured)
+
+
+def figures(out: Path, measured: dict) -> dict:
+    """The table's figures from a run's measurements and its ``metrics.jsonl``."""
+    result = dict(measured)
     rows = train_rounds(records(out))
-    if 1 in rows and round1_seen is not None:
-        result["startup"] = round1_seen - rows[1]["round-train-seconds"]
+    if 1 in rows:
+        result["round1"] = rows[1]["round-train-seconds"]
+        if result.get("round1-seen") is None and "startup" in result:  # older measurements
+            result["round1-seen"] = result["startup"] + result["round1"]
+        if result.get("round1-seen") is not None:
+            result["startup"] = result["round1-seen"] - result["round1"]
     later = [m for r, m in rows.items() if r >= 2 and m.get("clients")]
     if later:
         result["s-per-round"] = statistics.median(m["round-train-seconds"] for m in later)
@@ -126,8 +139,6 @@ def run_one(source: str, n: int, rounds: int, out: Path, timeout: float) -> dict
         s = json.loads(summary.read_text())
         result |= {"bytes": s["bytes-communicated"], "acc": s["heldout"].get("query-acc-post")}
         result["eval-seconds"] = eval_seconds(records(out))
-    if result["finished"]:
-        cached.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -156,10 +167,10 @@ def fmt(v, spec: str, scale: float = 1.0, unit: str = "") -> str:
 def table(results: list[dict]) -> str:
     gb = 2**30
     lines = [
-        "| source | N train + held-out | start-up | s / round | overhead / client | "
+        "| source | N train + held-out | start-up | round 1 | s / round | overhead / client | "
         "held-out eval | peak memory, process tree | peak memory, machine above idle | "
         "bytes | whole run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         n = r["n"]
@@ -167,6 +178,7 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"| {r['source']} | {n:,} + {max(1, n // 10):,} | "
             f"{fmt(r.get('startup'), '.1f', unit=' s')} | "
+            f"{fmt(r.get('round1'), '.1f', unit=' s')} | "
             f"{fmt(r.get('s-per-round'), '.2f', unit=' s')} | "
             f"{fmt(r.get('overhead-per-client'), '.0f', 1000, ' ms')} | "
             f"{fmt(r.get('eval-seconds'), '.1f', unit=' s')} | "
@@ -205,12 +217,18 @@ def main() -> None:
     p.add_argument("--sources", default=",".join(SOURCES))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    p.add_argument("--table", action="store_true", help="only print the table of --out")
     args = p.parse_args()
     out = Path(args.out)
     results = []
     for source in args.sources.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
-            results.append(run_one(source, n, args.rounds, out / f"{source}-{n}", args.timeout))
+            run = out / f"{source}-{n}"
+            if args.table:
+                if (run / "result.json").exists():
+                    results.append(figures(run, json.loads((run / "result.json").read_text())))
+                continue
+            results.append(run_one(source, n, args.rounds, run, args.timeout))
             print(table(results[-1:]).splitlines()[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(results, indent=1))
