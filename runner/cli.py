@@ -318,7 +318,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"({min(sizes)}-{max(sizes)} examples each) + {sc.clients.heldout} held-out, "
         f"learner {sc.learner.name}, strategy {sc.strategy.name}, {sc.train.rounds} rounds"
     )
-    print(f"nodes: {exp.n_clients} (flwr run --federation-config 'num-supernodes={exp.n_clients}')")
+    from runner.simulation import pool_size
+
+    print(
+        f"nodes: fedmeta run simulates them on {pool_size(sc)} pooled nodes; flwr run and "
+        f"fedmeta deploy need {exp.n_clients} (flwr run --federation-config "
+        f"'num-supernodes={exp.n_clients}')"
+    )
     return 0
 
 
