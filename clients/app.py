@@ -1,7 +1,10 @@
-"""The fedmeta ClientApp: one simulated hospital.
+"""The fedmeta ClientApp: a hospital.
 
-Every message carries the resolved scenario (JSON) in its config record; the client builds the
-experiment once per process and looks up its own shard by ``partition-id``. Training clients run
+Every message carries the resolved scenario (JSON) and the client it is for (``partition-id``)
+in its config record; the client builds the experiment once per process and looks up that
+client's shard (a deployed site's node serves its own partition; a simulation node serves
+whichever client the server names, see :mod:`server.roster`). Every reply names its client.
+Training clients run
 their learner's local update and reply with weights (``w + delta``), so Flower's aggregation and
 DP wrappers apply unchanged. Held-out clients never train: they adapt on each of their fixed
 evaluation tasks and reply with per-task metrics before and after adaptation.

@@ -28,6 +28,12 @@ class ClientFailure(RuntimeError):
     """Every client of a phase failed (a crash, an out-of-memory kill, a lost Ray worker)."""
 
 
+QUERY_BATCH = 16
+"""Nodes asked for their partition at once. A deployed ClientApp is a new process per message
+(Flower's subprocess isolation) that imports torch: 60 SuperNodes asked together on one
+2-core, 24 GB machine ran 60 such processes at once and filled its memory."""
+
+
 def connect(
     grid, n_clients: int, config: ConfigRecord, timeout: float = 300.0, settle: float = 30.0
 ) -> Roster:
@@ -35,8 +41,8 @@ def connect(
 
     The ServerApp starts before the nodes register (and SuperNodes of a deployment join one by
     one), so this polls the grid and asks every new node for its partition id (a QUERY, which
-    also loads the node's data). Nodes holding a partition the scenario does not name are
-    ignored, and the log says so.
+    also loads the node's data), :data:`QUERY_BATCH` nodes at a time. Nodes holding a
+    partition the scenario does not name are ignored, and the log says so.
 
     Raises
     ------
@@ -50,7 +56,7 @@ def connect(
     held: set[int] = set()
     extra: list[int] = []
     while len(partition_of) < n_clients:
-        new = sorted(set(grid.get_node_ids()) - asked)
+        new = sorted(set(grid.get_node_ids()) - asked)[:QUERY_BATCH]
         if new:
             asked |= set(new)
             for node, pid in _ask_partitions(grid, new, config, timeout).items():

@@ -1,9 +1,9 @@
 """The server's round loop: train, aggregate, evaluate held-out clients, checkpoint.
 
 It drives a Flower strategy through its four hooks (``configure_train``, ``aggregate_train``,
-``configure_evaluate``, ``aggregate_evaluate``), like ``Strategy.start``, but also maps nodes to
-partitions first, evaluates before round 1, writes metrics every round, checkpoints, and resumes
-from a checkpoint.
+``configure_evaluate``, ``aggregate_evaluate``), like ``Strategy.start``, but also finds which
+node serves which client first (:mod:`server.roster`), evaluates before round 1, writes metrics
+every round, checkpoints, and resumes from a checkpoint.
 """
 
 from __future__ import annotations

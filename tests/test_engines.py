@@ -62,11 +62,13 @@ class FakeGrid:
 
     def __init__(self, partitions: dict[int, int]):
         self.partitions = partitions
+        self.batches: list[int] = []
 
     def get_node_ids(self):
         return list(self.partitions)
 
     def send_and_receive(self, msgs, timeout):
+        self.batches.append(len(msgs))
         return [
             SimpleNamespace(
                 has_error=lambda: False,
@@ -86,6 +88,9 @@ def test_the_server_uses_exactly_the_nodes_the_scenario_names(caplog):
         roster = connect(grid, 4, ConfigRecord(), settle=0.2)
     assert roster.node_of == {0: 100, 1: 101, 2: 102, 3: 103}
     assert "ignoring 3 extra node(s) (holding partition 4-6)" in caplog.text
+    many = FakeGrid({1000 + p: p for p in range(40)})  # asked a batch at a time
+    assert connect(many, 40, ConfigRecord(), settle=0.2).node_of == {p: 1000 + p for p in range(40)}
+    assert many.batches == [16, 16, 8]
 
 
 @pytest.mark.usefixtures("flower_task")
