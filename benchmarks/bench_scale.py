@@ -202,6 +202,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax2.plot(ns, [r["peak-tree-bytes"] / 2**30 for r in rs], "o-", label=source)
     for ax, ylabel in ((ax1, "seconds per round"), (ax2, "peak memory, process tree (GB)")):
         ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel(f"training clients N ({PER_ROUND} per round)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -217,7 +218,7 @@ def main() -> None:
     p.add_argument("--sources", default=",".join(SOURCES))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
-    p.add_argument("--table", action="store_true", help="only print the table of --out")
+    p.add_argument("--table", action="store_true", help="only redo the table and plot of --out")
     args = p.parse_args()
     out = Path(args.out)
     results = []
