@@ -47,6 +47,19 @@ TINY = {
 }
 
 
+class Quiet:
+    """A progress sink that shows nothing (for simulations run by tests)."""
+
+    def start(self, total_rounds, first_round):
+        pass
+
+    def update(self, server_round, info):
+        pass
+
+    def finish(self):
+        pass
+
+
 @pytest.fixture
 def tiny_raw():
     import copy

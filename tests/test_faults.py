@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 import torch
+from conftest import Quiet
 
 from fedmeta.client_state import StateStore, has_saved_state
 from fedmeta.errors import FedmetaError
@@ -106,17 +107,6 @@ def test_bad_fault_settings_exit_2_with_one_line(tmp_path, tiny_raw, capsys, fau
 
 
 # -- runs with faults --------------------------------------------------------------------------
-
-
-class Quiet:
-    def start(self, total_rounds, first_round):
-        pass
-
-    def update(self, server_round, info):
-        pass
-
-    def finish(self):
-        pass
 
 
 def _sampled(sc, rnd: int) -> list[int]:

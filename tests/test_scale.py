@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import tomli_w
+from conftest import Quiet
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedmeta.results import RunDir
@@ -67,17 +68,6 @@ def test_evaluation_clients_beyond_the_heldout_clients_is_refused(tiny_raw, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "evaluation.clients = 3 but clients.heldout = 2" in err
-
-
-class Quiet:
-    def start(self, total_rounds, first_round):
-        pass
-
-    def update(self, server_round, info):
-        pass
-
-    def finish(self):
-        pass
 
 
 @pytest.mark.usefixtures("shared_ray")
