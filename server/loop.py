@@ -305,11 +305,11 @@ class RoundLoop:
         """Evaluate the held-out clients ``pids`` (those whose node is still connected), an
         exchange per roster-full; the successful replies by client."""
         scored: dict[int, Message] = {}
+        timeout = self.exp.scenario.train.timeout
         for chunk in chunks(pids, self.strategy.roster.capacity):
             config[DEADLINE] = self._deadline()
             ask = self.strategy.configure_evaluate(rnd, self.arrays, config, self.grid, chunk)
             msgs, _ = reachable(self.grid, list(ask))
-            timeout = self.exp.scenario.train.timeout
             replies = list(self.grid.send_and_receive(msgs, timeout=timeout))
             self.late.expect(msgs, replies)
             self.state["bytes"] += self.model_bytes * len(msgs)

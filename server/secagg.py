@@ -36,6 +36,7 @@ from fedmeta.protocol import (
     SECAGG_WEIGHT_KEY,
     SERVER_ROUND,
 )
+from server.roster import sent_partition
 
 
 class _Proxy:
@@ -119,7 +120,7 @@ def secure_round(
         fitres = by_node.get(msg.metadata.dst_node_id)
         if fitres is not None:
             metrics = MetricRecord({**fitres.metrics, weight_key: 1})
-            placement = ConfigRecord({PARTITION_ID: msg.content[CONFIG][PARTITION_ID]})
+            placement = ConfigRecord({PARTITION_ID: sent_partition(msg)})
             content = RecordDict({ARRAYS: aggregate, METRICS: metrics, PLACEMENT: placement})
             replies.append(Message(content, reply_to=msg))
     return replies
