@@ -1,67 +1,183 @@
-"""Core benchmark: learner meta-step times and Flower orchestration overhead.
+"""Core benchmark: the task-batched meta-step against a plain per-task loop, and Flower's
+orchestration overhead.
 
 Prints two tables:
 
-1. The time of one client meta-step (``local_update`` with one local step) of every learner on
-   the Conv4-64 5-way 1-shot task (15 query examples per class, 5 inner steps, 4 tasks per
-   meta-step, 2 torch threads), median of ``--repeats`` after a warm-up. STACK.md's plain
-   autograd loop measured 819 ms (second order) and 521 ms (first order) on this setup.
+1. **Meta-step**, Conv4-64, 5-way 1-shot, 15 query examples per class, 4 tasks, 2 torch
+   threads: for second-order MAML, FOMAML, ANIL and ProtoNet with 1 and 5 inner steps, the
+   median time of the meta-gradient of
+
+   * a plain per-task autograd loop written here, independently of fedmeta (the reference);
+   * fedmeta's own per-task loop (:meth:`~fedmeta.learners.base.Learner.loop_gradient`);
+   * fedmeta's meta-step (:meth:`~fedmeta.learners.base.Learner.meta_gradient`, task-batched);
+
+   measured in one process, interleaved repeat by repeat on the same tasks, with the ratio
+   batched / plain loop, and the largest absolute difference between fedmeta's meta-gradient
+   and the plain loop's in float64.
 2. For a 20-client round of a real Flower simulation, the share of round wall time spent
    outside client compute (orchestration, serialisation, Ray): ``1 - sum(client compute) /
    (actors * round wall time)``.
 
-Run: ``FEDMETA_DATA=../shared/data python benchmarks/bench_core.py``
+Measure on quiet cores. Run: ``FEDMETA_DATA=../shared/data python benchmarks/bench_core.py
+[--repeats 7] [--skip-simulation]``
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
 
-from fedmeta.learners import LEARNERS, LearnerConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedmeta.learners import LEARNERS
 from fedmeta.models import Conv4
 from fedmeta.tasks import CLASSIFICATION, Task
 
-OMNIGLOT_TRAIN_CLASSES = 964 * 4
+Params = dict[str, Tensor]
+LEARNER_NAMES = ("maml", "fomaml", "anil", "protonet")
+HEAD = ("head.weight", "head.bias")
 
 
-def random_task(n_way: int, k_shot: int, query: int) -> Task:
+def random_task(n_way: int, k_shot: int, query: int, dtype: torch.dtype) -> Task:
     return Task(
-        torch.rand(n_way * k_shot, 1, 28, 28),
+        torch.rand(n_way * k_shot, 1, 28, 28, dtype=dtype),
         torch.arange(n_way).repeat_interleave(k_shot),
-        torch.rand(n_way * query, 1, 28, 28),
+        torch.rand(n_way * query, 1, 28, 28, dtype=dtype),
         torch.arange(n_way).repeat_interleave(query),
         classes=torch.arange(n_way),
     )
 
 
+# -- the plain per-task loop: the reference, written without fedmeta ---------------------------
+def _features(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+    inner = {k[len("features.") :]: v for k, v in params.items() if k.startswith("features.")}
+    return functional_call(model.features, inner, (x,))
+
+
+def plain_maml(model, params, tasks, steps, lr, first_order) -> tuple[Params, float]:
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    loss_sum = 0.0
+    for t in tasks:
+        fast = dict(params)
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model, fast, (t.support_x,)), t.support_y)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - lr * g for (k, v), g in zip(fast.items(), grads, strict=True)}
+        query = F.cross_entropy(functional_call(model, fast, (t.query_x,)), t.query_y)
+        wrt = fast if first_order else params
+        for k, g in zip(wrt, torch.autograd.grad(query, list(wrt.values())), strict=True):
+            total[k] += g
+        loss_sum += query.item()
+    return {k: v / len(tasks) for k, v in total.items()}, loss_sum / len(tasks)
+
+
+def plain_anil(model, params, tasks, steps, lr, first_order=False) -> tuple[Params, float]:
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    loss_sum = 0.0
+    for t in tasks:
+        support = _features(model, params, t.support_x)
+        w, b = params[HEAD[0]], params[HEAD[1]]
+        for _ in range(steps):
+            loss = F.cross_entropy(F.linear(support, w, b), t.support_y)
+            gw, gb = torch.autograd.grad(loss, [w, b], create_graph=True)
+            w, b = w - lr * gw, b - lr * gb
+        query = F.cross_entropy(F.linear(_features(model, params, t.query_x), w, b), t.query_y)
+        for k, g in zip(params, torch.autograd.grad(query, list(params.values())), strict=True):
+            total[k] += g
+        loss_sum += query.item()
+    return {k: v / len(tasks) for k, v in total.items()}, loss_sum / len(tasks)
+
+
+def plain_protonet(model, params, tasks, steps=0, lr=0.0, first_order=False):
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    loss_sum = 0.0
+    features = {k: v for k, v in params.items() if k not in HEAD}
+    for t in tasks:
+        support = _features(model, params, t.support_x)
+        n_way = len(t.classes)
+        protos = torch.stack([support[t.support_y == c].mean(0) for c in range(n_way)])
+        query = _features(model, params, t.query_x)
+        logits = -((query[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
+        loss = F.cross_entropy(logits, t.query_y)
+        for k, g in zip(features, torch.autograd.grad(loss, list(features.values())), strict=True):
+            total[k] += g
+        loss_sum += loss.item()
+    return {k: v / len(tasks) for k, v in total.items()}, loss_sum / len(tasks)
+
+
+PLAIN: dict[str, Callable] = {
+    "maml": lambda *a: plain_maml(*a, first_order=False),
+    "fomaml": lambda *a: plain_maml(*a, first_order=True),
+    "anil": plain_anil,
+    "protonet": plain_protonet,
+}
+
+
+def setup(name: str, steps: int, dtype: torch.dtype, seed: int = 0):
+    torch.manual_seed(seed)
+    model = Conv4((1, 28, 28), 5).to(dtype)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    cls = LEARNERS.get(name)
+    cfg = cls.Options(inner_steps=steps, inner_lr=0.4, tasks_per_step=4)
+    learner = cls(model, CLASSIFICATION.loss, cfg)
+    tasks = [random_task(5, 1, 15, dtype) for _ in range(4)]
+    return model, params, learner, tasks
+
+
+def agreement(name: str, steps: int) -> float:
+    """Largest absolute difference, float64, between fedmeta's meta-gradient and the plain
+    loop's."""
+    model, params, learner, tasks = setup(name, steps, torch.float64)
+    ours, _ = learner.meta_gradient(params, tasks)
+    ref, _ = PLAIN[name](model, params, tasks, steps, 0.4)
+    return max((ours[k] - ref.get(k, torch.zeros_like(ours[k]))).abs().max().item() for k in ours)
+
+
+def median_times(name: str, steps: int, repeats: int) -> dict[str, float]:
+    """Median ms of the plain loop, fedmeta's loop and fedmeta's meta-step, interleaved."""
+    model, params, learner, tasks = setup(name, steps, torch.float32)
+    runs = {
+        "plain": lambda: PLAIN[name](model, params, tasks, steps, 0.4),
+        "loop": lambda: learner.loop_gradient(params, tasks),
+        "batched": lambda: learner.meta_gradient(params, tasks),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for rep in range(repeats + 1):  # the first repeat is a warm-up
+        for key, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            if rep:
+                times[key].append(1000 * (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_meta_steps(repeats: int) -> None:
     torch.set_num_threads(2)
-    torch.manual_seed(0)
-    cfg = LearnerConfig(local_steps=1, tasks_per_step=4, inner_steps=5, inner_lr=0.4)
-    tasks = [random_task(5, 1, 15) for _ in range(4)]
-    print("## Meta-step time, Conv4-64, 5-way 1-shot, 15 query/class, 5 inner steps, 4 tasks")
-    print("| learner | median ms | min ms |")
-    print("|---|---|---|")
-    for name in LEARNERS.names():
-        cls = LEARNERS.get(name)
-        # a global head has one row per training class: 964 x 4 rotations for Omniglot
-        classes = np.arange(OMNIGLOT_TRAIN_CLASSES if cls.global_head else 5)
-        model = Conv4((1, 28, 28), len(classes))
-        params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        learner = cls(model, CLASSIFICATION.loss, cfg, train_classes=classes)
-        learner.local_update(params, lambda n: tasks[:n])  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            learner.local_update(params, lambda n: tasks[:n])
-            times.append(1000 * (time.perf_counter() - t0))
-        print(f"| {name} | {statistics.median(times):.0f} | {min(times):.0f} |")
+    print("## Meta-step, Conv4-64, 5-way 1-shot, 15 query/class, 4 tasks, 2 threads (median ms)")
+    print(
+        "| learner | inner steps | plain loop | fedmeta loop | fedmeta batched | batched / plain "
+        "| max abs grad difference (float64) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in LEARNER_NAMES:
+        for steps in (1, 5) if name != "protonet" else (0,):
+            med = median_times(name, steps, repeats)
+            print(
+                f"| {name} | {steps} | {med['plain']:.0f} | {med['loop']:.0f} | "
+                f"{med['batched']:.0f} | {med['batched'] / med['plain']:.2f} | "
+                f"{agreement(name, steps):.1e} |",
+                flush=True,
+            )
 
 
 def bench_round_overhead(rounds: int) -> None:
@@ -110,7 +226,7 @@ def bench_round_overhead(rounds: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--skip-simulation", action="store_true")
     args = p.parse_args()

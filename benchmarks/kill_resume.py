@@ -99,9 +99,12 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def interrupted_run(raw: dict, out: Path, kills: list[tuple[str, int]], env: dict) -> None:
+def interrupted_run(
+    raw: dict, out: Path, kills: list[tuple[str, int]], env: dict, finish: bool = True
+) -> None:
     """Run ``raw`` into ``out``, killing it at each ``(point, round)`` in turn and resuming it
-    after each kill; the last resume runs to the end."""
+    after each kill; the last resume runs to the end (with ``finish=False`` the run is left
+    killed after the last kill, for another engine to resume)."""
     path = out.parent / f"{out.name}.toml"
     path.write_text(tomli_w.dumps(raw))
     proc = _launch(["run", str(path), "--out", str(out)], out, env)
@@ -115,6 +118,8 @@ def interrupted_run(raw: dict, out: Path, kills: list[tuple[str, int]], env: dic
         if point == "torn-line":
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps({"round": rnd + 1, "phase": "train", "metric": "x"})[:30])
+        if not finish and (point, rnd) == kills[-1]:
+            return
         proc = _launch(["resume", str(out)], out, env)
     if proc.wait(timeout=600) != 0:
         raise RuntimeError(f"the resumed run failed; see {out.parent / (out.name + '.log')}")

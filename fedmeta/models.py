@@ -7,7 +7,8 @@ Networks", ICML: four blocks of 3x3 convolutions with 64 filters, normalisation 
 Normalisation: ``"batch"`` is BatchNorm with batch statistics only
 (``track_running_stats=False``), as in MAML; it has no buffers, so a model's state is exactly its
 parameters, and its meta-gradients are exact when tasks are processed in a Python loop (they are
-wrong under ``torch.func.vmap``, so fedmeta never vmaps over tasks). ``"group"`` and ``"none"``
+wrong under ``torch.func.vmap``, so fedmeta never vmaps over tasks; :mod:`fedmeta.batched` stacks
+tasks along channels instead, which keeps each task's statistics exact). ``"group"`` and ``"none"``
 are the alternatives.
 """
 

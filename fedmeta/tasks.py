@@ -42,6 +42,11 @@ class Task:
         return torch.cat([self.support_x, self.query_x]), torch.cat([self.support_y, self.query_y])
 
 
+def n_way_of(task: Task) -> int:
+    """The number of classes of a classification episode."""
+    return len(task.classes) if task.classes is not None else int(task.support_y.max()) + 1
+
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 TaskBatchFn = Callable[[int], list[Task]]
 """``sample(n)`` returns ``n`` freshly sampled tasks from one client's shard."""

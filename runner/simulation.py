@@ -110,8 +110,13 @@ def loopback_only(address: str | None) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-POOL_EVAL = 64
-"""Held-out clients evaluated in one exchange (at most), when more than a round trains."""
+POOL_EVAL = 20
+"""Held-out clients evaluated in one exchange (at most), when more than a round trains.
+
+Every node of the pool costs time in every round, trained or not: Flower's simulation engine
+polls each node for messages. Measured on the sinusoid scenario (20 clients per round, 2
+cores), a pool of 64 nodes made a round take 0.65-0.75 s against 0.43 s with 20 nodes, whatever
+the number of clients; so the pool stays small and held-out clients are scored in exchanges."""
 
 
 def pool_size(scenario: Scenario) -> int:

@@ -8,6 +8,7 @@ Every test starts its own SuperLink, SuperNodes or Ray nodes on 127.0.0.1, with 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 import tomli_w
+import torch
+from conftest import benchmark_module
 
 from fedmeta.protocol import INFO, PARTITION_ID
 from fedmeta.results import RunDir
@@ -211,6 +214,30 @@ def test_a_failed_flwr_run_is_reported_failed_not_completed(tmp_path, tiny_raw):
     assert "fedmeta: data.root" in log.read_text()
 
 
+def test_a_killed_fedmeta_run_resumes_under_flwr_run(tmp_path, shared_ray):
+    """``--run-config "resume='<run dir>'"`` continues a run another engine left: killed after
+    round 2's checkpoint, resumed by ``flwr run``, it ends like an uninterrupted run."""
+    kr = benchmark_module("kill_resume")
+    raw, env = kr.scenario("fedavg-fomaml"), dict(os.environ)
+    kr.full_run(raw, tmp_path / "reference", env)
+    out = tmp_path / "killed"
+    kr.interrupted_run(raw, out, [("after-checkpoint", 2)], env, finish=False)
+    assert not (out / "final.pt").exists()
+    log = tmp_path / "flwr.log"
+    clients = raw["clients"]["train"] + raw["clients"]["heldout"]
+    with Federation(tmp_path / "fed") as fed, log.open("w") as f:
+        fed.start_superlink(simulation=True)
+        run_id = fed.submit(APP, {"resume": str(out)}, {"num-supernodes": clients})
+        status = fed.follow(run_id, out=f, timeout=600)
+    assert status == "finished:completed", log.read_text()[-3000:]
+    assert _metrics(out) == _metrics(tmp_path / "reference")
+    final, reference = (
+        torch.load(p / "final.pt", weights_only=True) for p in (out, tmp_path / "reference")
+    )
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[k], reference[k]) for k in final)
+
+
 # -- the Deployment Engine on loopback ---------------------------------------------------------
 
 
@@ -227,6 +254,32 @@ def test_deploy_runs_the_scenario_like_the_simulation(tmp_path, tiny_raw, capsys
     pids = json.loads((out / "deploy" / "processes.json").read_text())
     assert len(pids) == 1 + 4
     assert not any(Path(f"/proc/{p}").exists() for p in pids.values())  # all stopped
+
+
+@pytest.mark.slow
+def test_deployed_sites_read_their_own_data_root(tmp_path, tiny_raw, omniglot_env, capsys):
+    """Real data on the Deployment Engine: every SuperNode loads Omniglot from its node
+    config's ``data-root``. The right folder gives the simulation's records; an empty one
+    fails the run on the nodes with the data line."""
+    raw = _engine_raw(tiny_raw, train=3, heldout=1)
+    raw["data"] = {"name": "omniglot", "root": str(omniglot_env / "omniglot")}  # the server's
+    raw["task"] = {"n-way": 3, "k-shot": 1, "query": 2}
+    path = _write(tmp_path, raw)
+    assert run_cli(["run", str(path), "--out", str(tmp_path / "sim")]) == 0
+    site = tmp_path / "site-data"
+    site.symlink_to(omniglot_env / "omniglot")  # a site's own folder holding the same files
+    out = tmp_path / "deployed"
+    args = ["deploy", str(path), "--out", str(out), "--timeout", "900", "--data-root", str(site)]
+    assert run_cli(args) == 0
+    assert _metrics(out) == _metrics(tmp_path / "sim")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    bad = ["deploy", str(path), "--out", str(tmp_path / "bad"), "--timeout", "600"]
+    assert run_cli([*bad, "--data-root", str(empty)]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[0])["status"] == "finished:failed"
+    assert str(empty) in captured.err  # the run's log names the node's folder
 
 
 def test_killed_supernodes_are_counted_and_the_run_completes(tmp_path, tiny_raw):

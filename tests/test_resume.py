@@ -3,17 +3,12 @@ an uninterrupted run (``benchmarks/kill_resume.py`` prints the whole matrix)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
+from conftest import benchmark_module
 
-_spec = importlib.util.spec_from_file_location(  # a dependency ships a "benchmarks" package
-    "kill_resume", Path(__file__).resolve().parents[1] / "benchmarks" / "kill_resume.py"
-)
-kr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
+kr = benchmark_module("kill_resume")
 
 pytestmark = pytest.mark.usefixtures("shared_ray")  # killed runs leave no Ray process behind
 

@@ -44,7 +44,8 @@ def test_the_pool_is_sized_by_the_largest_exchange_not_by_the_clients(tiny_raw):
         tiny_raw["train"]["fraction"] = fraction
         return pool_size(scenario_from_dict(tiny_raw))
 
-    assert size(10_000, 1_000, 0.002) == POOL_EVAL  # 20 train per round, held-out in exchanges
+    assert size(10_000, 1_000, 0.001) == POOL_EVAL  # 10 train per round, held-out in exchanges
+    assert size(10_000, 1_000, 0.004) == 40  # a round's sample
     assert size(50, 10, 0.2) == 10
     assert size(4, 2, 1.0) == 4
     assert size(400, 4, 0.5) == 200  # a round's sample, each client on its own node

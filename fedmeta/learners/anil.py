@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fedmeta.batched import TaskStack, expand, features_tasks, linear_tasks, task_losses
 from fedmeta.learners.base import HEAD, LEARNERS, Learner, Params, sgd_step
 from fedmeta.tasks import Task
 
@@ -42,6 +43,22 @@ class ANIL(Learner):
         loss = self.loss_fn(F.linear(query, *head.values()), task.query_y)
         grads = torch.autograd.grad(loss, tuple(params.values()))
         return dict(zip(params, grads, strict=True)), loss.item()
+
+    def batch_gradient(self, params: Params, tasks: TaskStack) -> tuple[Params, dict[str, float]]:
+        """:meth:`task_gradient`'s mean over stacked tasks: one feature pass per split, and
+        every task's head adapted at once on its slice of the stacked head."""
+        shared = expand(params, tasks.size)
+        support = features_tasks(self.model, shared, tasks.support_x)
+        head = {k: shared[k] for k in HEAD}
+        for _ in range(self.cfg.inner_steps):
+            logits = linear_tasks(support, *head.values())
+            losses = task_losses(self.loss_fn, logits, tasks.support_y)
+            grads = torch.autograd.grad(losses.sum(), tuple(head.values()), create_graph=True)
+            head = sgd_step(head, grads, self.cfg.inner_lr)
+        query = features_tasks(self.model, shared, tasks.query_x)
+        loss = task_losses(self.loss_fn, linear_tasks(query, *head.values()), tasks.query_y).mean()
+        grads = torch.autograd.grad(loss, tuple(params.values()))
+        return dict(zip(params, grads, strict=True)), {"train-loss": loss.item()}
 
     def adapt(
         self,

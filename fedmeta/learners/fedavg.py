@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, n_way_of, zero_head
-from fedmeta.tasks import LossFn, Task
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, zero_head
+from fedmeta.tasks import LossFn, Task, n_way_of
 
 
 @LEARNERS.register("fedavg", help="FedAvg: global classifier by local SGD, fine-tune to evaluate")

@@ -6,10 +6,10 @@ Networks", ICML. For each task, the meta-parameters ``w`` are adapted on the sup
 adapted parameters, averaged over the tasks of a meta-batch.
 
 The machinery here is shared with first-order MAML (:mod:`fedmeta.learners.fomaml`), which only
-flips :attr:`MAML.first_order`. Tasks are processed in a Python loop, never with
-``torch.func.vmap``: vmap gives wrong second-order meta-gradients with batch-statistics
-BatchNorm (see the module docstring of :mod:`fedmeta.models`). Each task's gradient is taken
-with its own ``torch.autograd.grad`` call, so its graph is freed before the next task starts.
+flips :attr:`MAML.first_order`. A meta-batch runs as one stacked computation
+(:meth:`MAML.batch_gradient`, :mod:`fedmeta.batched`), never with ``torch.func.vmap``, which
+gives wrong second-order meta-gradients with batch-statistics BatchNorm (see
+:mod:`fedmeta.models`). The per-task loop (:meth:`MAML.task_gradient`) is the reference path.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import ClassVar
 
 import torch
 
-from fedmeta.learners.base import LEARNERS, Learner, Params
+from fedmeta.batched import TaskStack, expand
+from fedmeta.learners.base import LEARNERS, Learner, Params, sgd_step
 from fedmeta.tasks import Task
 
 
@@ -70,3 +71,31 @@ class MAML(Learner):
             query_loss = self.loss(fast, task.query_x, task.query_y)
             grads = torch.autograd.grad(query_loss, tuple(params.values()))
         return dict(zip(params, grads, strict=True)), query_loss.item()
+
+    def batch_gradient(self, params: Params, tasks: TaskStack) -> tuple[Params, dict[str, float]]:
+        """:meth:`task_gradient`'s mean over stacked tasks, every task adapted at once.
+
+        Each task adapts its own slice of ``expand(params)``; the gradient of the summed support
+        losses with respect to the stack is every task's own inner gradient. Second order
+        differentiates the mean query loss back to ``params`` through the stack; first order
+        averages the query gradients at the adapted slices.
+        """
+        first_order = self.first_order
+        fast = expand(params, tasks.size)
+        if first_order:
+            fast = {k: v.detach().clone().requires_grad_(True) for k, v in fast.items()}
+        for _ in range(self.cfg.inner_steps):
+            losses = self.stacked_losses(fast, tasks.support_x, tasks.support_y)
+            grads = torch.autograd.grad(
+                losses.sum(), tuple(fast.values()), create_graph=not first_order
+            )
+            fast = sgd_step(fast, grads, self.cfg.inner_lr)
+            if first_order:
+                fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+        query = self.stacked_losses(fast, tasks.query_x, tasks.query_y)
+        if first_order:
+            grads = torch.autograd.grad(query.sum(), tuple(fast.values()))
+            grads = tuple(g.mean(0) for g in grads)
+        else:
+            grads = torch.autograd.grad(query.mean(), tuple(params.values()))
+        return dict(zip(params, grads, strict=True)), {"train-loss": query.mean().item()}

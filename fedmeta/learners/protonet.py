@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedmeta.learners.base import HEAD, LEARNERS, Learner, Params, n_way_of, zero_head
-from fedmeta.tasks import Task
+from fedmeta.batched import TaskStack, expand, features_tasks, task_losses
+from fedmeta.learners.base import HEAD, LEARNERS, Learner, Params, zero_head
+from fedmeta.tasks import Task, n_way_of
 
 
 def prototypes(feats: Tensor, y: Tensor, n_way: int) -> Tensor:
@@ -48,6 +49,23 @@ class ProtoNet(Learner):
             for (k, p), g in zip(params.items(), grads, strict=True)
         }
         return out, loss.item()
+
+    def batch_gradient(self, params: Params, tasks: TaskStack) -> tuple[Params, dict[str, float]]:
+        """:meth:`task_gradient`'s mean over stacked tasks: every task's prototypes at once."""
+        shared = expand(params, tasks.size)
+        support = features_tasks(self.model, shared, tasks.support_x)
+        onehot = F.one_hot(tasks.support_y, tasks.n_way).to(support.dtype)
+        counts = onehot.sum(1).clamp_min(1)
+        protos = torch.bmm(onehot.transpose(1, 2), support) / counts[..., None]
+        query = features_tasks(self.model, shared, tasks.query_x)
+        logits = -((query[:, :, None, :] - protos[:, None, :, :]) ** 2).sum(-1)
+        loss = task_losses(F.cross_entropy, logits, tasks.query_y).mean()
+        grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
+        out = {
+            k: torch.zeros_like(p) if g is None else g
+            for (k, p), g in zip(params.items(), grads, strict=True)
+        }
+        return out, {"train-loss": loss.item()}
 
     def eval_start(self, params: Params, task: Task) -> Params:
         """A zero head: before the support set is seen, every class is equally likely."""

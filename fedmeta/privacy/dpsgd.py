@@ -75,6 +75,10 @@ class DPSGD:
         self.dp_calls += 1
         return tuple(private), losses.mean()
 
+    def meta_gradient(self, params: Params, tasks: list[Task]) -> tuple[Params, dict[str, float]]:
+        """Always the per-task loop: per-example clipping replaces each data gradient in it."""
+        return self.loop_gradient(params, tasks)  # type: ignore[attr-defined]
+
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         self.dp_calls = 0
         out = super().task_gradient(params, task)  # type: ignore[misc]
