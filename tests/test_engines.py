@@ -257,7 +257,7 @@ def test_deploy_runs_the_scenario_like_the_simulation(tmp_path, tiny_raw, capsys
 
 
 @pytest.mark.slow
-def test_deployed_sites_read_their_own_data_root(tmp_path, tiny_raw, omniglot_env, capsys):
+def test_deployed_sites_read_their_own_data_root(tmp_path, tiny_raw, omniglot_env, capfd):
     """Real data on the Deployment Engine: every SuperNode loads Omniglot from its node
     config's ``data-root``. The right folder gives the simulation's records; an empty one
     fails the run on the nodes with the data line."""
@@ -274,12 +274,12 @@ def test_deployed_sites_read_their_own_data_root(tmp_path, tiny_raw, omniglot_en
     assert _metrics(out) == _metrics(tmp_path / "sim")
     empty = tmp_path / "empty"
     empty.mkdir()
-    capsys.readouterr()
+    capfd.readouterr()
     bad = ["deploy", str(path), "--out", str(tmp_path / "bad"), "--timeout", "600"]
     assert run_cli([*bad, "--data-root", str(empty)]) == 1
-    captured = capsys.readouterr()
-    assert json.loads(captured.out.splitlines()[0])["status"] == "finished:failed"
-    assert str(empty) in captured.err  # the run's log names the node's folder
+    assert json.loads(capfd.readouterr().out.splitlines()[0])["status"] == "finished:failed"
+    for node in range(4):  # every site failed on its own folder, named in its log
+        assert str(empty) in (tmp_path / "bad" / "deploy" / f"supernode-{node}.log").read_text()
 
 
 def test_killed_supernodes_are_counted_and_the_run_completes(tmp_path, tiny_raw):
