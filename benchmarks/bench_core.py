@@ -1,7 +1,7 @@
 """Core benchmark: the task-batched meta-step against a plain per-task loop, and Flower's
 orchestration overhead.
 
-Prints two tables:
+Prints three tables:
 
 1. **Meta-step**, Conv4-64, 5-way 1-shot, 15 query examples per class, 4 tasks, 2 torch
    threads: for second-order MAML, FOMAML, ANIL and ProtoNet with 1 and 5 inner steps, the
@@ -14,7 +14,9 @@ Prints two tables:
    measured in one process, interleaved repeat by repeat on the same tasks, with the ratio
    batched / plain loop, and the largest absolute difference between fedmeta's meta-gradient
    and the plain loop's in float64.
-2. For a 20-client round of a real Flower simulation, the share of round wall time spent
+2. The arithmetic floor: forward and backward of Conv4-64 over the 320 images of one meta-batch,
+   as one batch and as four, in contiguous and channels-last memory order.
+3. For a 20-client round of a real Flower simulation, the share of round wall time spent
    outside client compute (orchestration, serialisation, Ray): ``1 - sum(client compute) /
    (actors * round wall time)``.
 
@@ -180,6 +182,34 @@ def bench_meta_steps(repeats: int) -> None:
             )
 
 
+def compute_floor(repeats: int) -> None:
+    """Forward and backward of Conv4-64 over one meta-batch's query and support images
+    (4 x 80), as one batch and as four: how much of a meta-step is arithmetic."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 5)
+    x, y = torch.rand(320, 1, 28, 28), torch.arange(320) % 5
+
+    def run(batches: int, channels_last: bool) -> float:
+        m = model.to(memory_format=torch.channels_last) if channels_last else model
+        xs = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        times = []
+        for rep in range(repeats + 1):
+            t0 = time.perf_counter()
+            for xb, yb in zip(xs.chunk(batches), y.chunk(batches), strict=True):
+                F.cross_entropy(m(xb), yb).backward()
+            if rep:
+                times.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(times)
+
+    print("\n## Arithmetic floor: Conv4-64 forward + backward over 320 images (median ms)")
+    print("| batches | contiguous | channels-last |")
+    print("|---|---|---|")
+    for batches in (1, 4):
+        plain, last = run(batches, False), run(batches, True)
+        print(f"| {batches} x {320 // batches} | {plain:.0f} | {last:.0f} |")
+
+
 def bench_round_overhead(rounds: int) -> None:
     from fedmeta.results import RunDir
     from fedmeta.scenario import scenario_from_dict
@@ -231,6 +261,7 @@ def main() -> None:
     p.add_argument("--skip-simulation", action="store_true")
     args = p.parse_args()
     bench_meta_steps(args.repeats)
+    compute_floor(args.repeats)
     if not args.skip_simulation:
         bench_round_overhead(args.rounds)
 

@@ -14,6 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _copy(t: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass(frozen=True)
 class Task:
     """One few-shot episode.
@@ -30,9 +36,17 @@ class Task:
     classes: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Task:
+        """The task on ``device``; a copy to a CUDA device goes through pinned host memory,
+        asynchronously."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
         return Task(
-            *(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
-            classes=None if self.classes is None else self.classes.to(device),
+            *(
+                _copy(t, device)
+                for t in (self.support_x, self.support_y, self.query_x, self.query_y)
+            ),
+            classes=None if self.classes is None else _copy(self.classes, device),
         )
 
     def pooled(self) -> tuple[Tensor, Tensor]:
