@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 
 from fedmeta.experiment import Experiment
 from fedmeta.protocol import ARRAYS, CONFIG, INFO, METRICS, PARTITION_ID, UNIT_WEIGHT
@@ -28,10 +29,15 @@ class ClientFailure(RuntimeError):
     """Every client of a phase failed (a crash, an out-of-memory kill, a lost Ray worker)."""
 
 
-QUERY_BATCH = 16
+QUERY_BATCH = 8
 """Nodes asked for their partition at once. A deployed ClientApp is a new process per message
 (Flower's subprocess isolation) that imports torch: 60 SuperNodes asked together on one
-2-core, 24 GB machine ran 60 such processes at once and filled its memory."""
+2-core, 24 GB machine ran 60 such processes at once and filled its memory; with 16 at once, a
+SuperNode starved of CPU missed its heartbeats and the SuperLink reported it unavailable."""
+
+QUERY_ATTEMPTS = 3
+"""Times a node the SuperLink reports unavailable (or that does not answer) is asked before
+the run fails: a busy machine can delay a live node's heartbeats."""
 
 
 def connect(
@@ -52,6 +58,7 @@ def connect(
     """
     t0 = last_new = time.monotonic()
     asked: set[int] = set()
+    attempts: dict[int, int] = {}
     partition_of: dict[int, int] = {}
     held: set[int] = set()
     extra: list[int] = []
@@ -59,7 +66,8 @@ def connect(
         new = sorted(set(grid.get_node_ids()) - asked)[:QUERY_BATCH]
         if new:
             asked |= set(new)
-            for node, pid in _ask_partitions(grid, new, config, timeout).items():
+            answered, silent = _ask_partitions(grid, new, config, timeout)
+            for node, pid in answered.items():
                 if pid >= n_clients:
                     extra.append(pid)
                 elif pid in held:
@@ -69,6 +77,18 @@ def connect(
                 else:
                     partition_of[node] = pid
                     held.add(pid)
+            for node in silent:
+                attempts[node] = attempts.get(node, 1) + 1
+                if attempts[node] > QUERY_ATTEMPTS:
+                    raise ClientFailure(
+                        f"node {node} did not answer the partition query {QUERY_ATTEMPTS} times "
+                        f"(the SuperLink reports it unavailable); check that SuperNode's log"
+                    )
+                asked.discard(node)  # ask it again
+            if silent:
+                log.warning(
+                    "%d node(s) unavailable to the partition query; asking again", len(silent)
+                )
             last_new = time.monotonic()
             continue
         now = time.monotonic()
@@ -102,16 +122,22 @@ def pool(grid, size: int, timeout: float = 300.0) -> Roster:
     return Roster(pool=nodes[:size])
 
 
-def _ask_partitions(grid, nodes: list[int], config: ConfigRecord, timeout: float) -> dict[int, int]:
+def _ask_partitions(
+    grid, nodes: list[int], config: ConfigRecord, timeout: float
+) -> tuple[dict[int, int], list[int]]:
+    """The partition of every node that answered, and the nodes to ask again: those the
+    SuperLink reported unavailable, or that gave no reply. Any other error fails the run."""
     msgs = [
         Message(RecordDict({CONFIG: config}), dst_node_id=n, message_type=MessageType.QUERY)
         for n in nodes
     ]
     partition_of = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+            continue
         _raise_if_error(reply)
         partition_of[reply.metadata.src_node_id] = int(reply.content[INFO][PARTITION_ID])
-    return partition_of
+    return partition_of, [n for n in nodes if n not in partition_of]
 
 
 def _spans(ids: list[int]) -> str:

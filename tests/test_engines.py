@@ -20,6 +20,7 @@ import pytest
 import tomli_w
 import torch
 from conftest import benchmark_module
+from flwr.common.constant import ErrorCode
 
 from fedmeta.protocol import INFO, PARTITION_ID
 from fedmeta.results import RunDir
@@ -28,7 +29,7 @@ from runner.deploy import APP
 from runner.flower import Federation
 from runner.procs import kill_tree
 from runner.ray_head import RayHead
-from server.exchange import ClientFailure, connect
+from server.exchange import QUERY_ATTEMPTS, ClientFailure, connect
 
 pytestmark = pytest.mark.usefixtures("shared_ray")
 
@@ -61,25 +62,34 @@ def _metrics(run: Path, phases=("heldout", "train")) -> list[tuple]:
 
 
 class FakeGrid:
-    """A grid whose nodes answer the partition QUERY with the partition ids given."""
+    """A grid whose nodes answer the partition QUERY with the partition ids given; a node in
+    ``unavailable`` is reported unavailable by the SuperLink that many times first."""
 
-    def __init__(self, partitions: dict[int, int]):
+    def __init__(self, partitions: dict[int, int], unavailable: dict[int, int] | None = None):
         self.partitions = partitions
+        self.unavailable = dict(unavailable or {})
         self.batches: list[int] = []
 
     def get_node_ids(self):
         return list(self.partitions)
 
+    def reply(self, node: int) -> SimpleNamespace:
+        if self.unavailable.get(node, 0) > 0:
+            self.unavailable[node] -= 1
+            return SimpleNamespace(
+                has_error=lambda: True,
+                error=SimpleNamespace(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"),
+                metadata=SimpleNamespace(src_node_id=0),
+            )
+        return SimpleNamespace(
+            has_error=lambda: False,
+            metadata=SimpleNamespace(src_node_id=node),
+            content={INFO: {PARTITION_ID: self.partitions[node]}},
+        )
+
     def send_and_receive(self, msgs, timeout):
         self.batches.append(len(msgs))
-        return [
-            SimpleNamespace(
-                has_error=lambda: False,
-                metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id),
-                content={INFO: {PARTITION_ID: self.partitions[m.metadata.dst_node_id]}},
-            )
-            for m in msgs
-        ]
+        return [self.reply(m.metadata.dst_node_id) for m in msgs]
 
 
 @pytest.mark.usefixtures("flower_task")
@@ -93,7 +103,22 @@ def test_the_server_uses_exactly_the_nodes_the_scenario_names(caplog):
     assert "ignoring 3 extra node(s) (holding partition 4-6)" in caplog.text
     many = FakeGrid({1000 + p: p for p in range(40)})  # asked a batch at a time
     assert connect(many, 40, ConfigRecord(), settle=0.2).node_of == {p: 1000 + p for p in range(40)}
-    assert many.batches == [16, 16, 8]
+    assert many.batches == [8, 8, 8, 8, 8]
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_a_node_reported_unavailable_is_asked_again_then_fails_with_one_line(caplog):
+    """A SuperNode starved of CPU misses its heartbeats: the SuperLink answers for it with
+    "Node Unavailable". It is asked again, up to QUERY_ATTEMPTS times."""
+    from flwr.app import ConfigRecord
+
+    grid = FakeGrid({100 + p: p for p in range(4)}, unavailable={101: 2})
+    with caplog.at_level("WARNING", logger="fedmeta"):
+        assert connect(grid, 4, ConfigRecord(), settle=5).node_of == {p: 100 + p for p in range(4)}
+    assert "unavailable to the partition query; asking again" in caplog.text
+    gone = FakeGrid({100 + p: p for p in range(4)}, unavailable={102: QUERY_ATTEMPTS})
+    with pytest.raises(ClientFailure, match=f"node 102 did not answer .* {QUERY_ATTEMPTS} times"):
+        connect(gone, 4, ConfigRecord(), settle=5)
 
 
 @pytest.mark.usefixtures("flower_task")
