@@ -105,10 +105,10 @@ def plain_protonet(model, params, tasks, steps=0, lr=0.0, first_order=False):
     loss_sum = 0.0
     features = {k: v for k, v in params.items() if k not in HEAD}
     for t in tasks:
-        support = _features(model, params, t.support_x)
+        feats = _features(model, params, torch.cat([t.support_x, t.query_x]))  # one batch
+        support, query = feats[: len(t.support_x)], feats[len(t.support_x) :]
         n_way = len(t.classes)
         protos = torch.stack([support[t.support_y == c].mean(0) for c in range(n_way)])
-        query = _features(model, params, t.query_x)
         logits = -((query[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
         loss = F.cross_entropy(logits, t.query_y)
         for k, g in zip(features, torch.autograd.grad(loss, list(features.values())), strict=True):

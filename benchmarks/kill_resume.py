@@ -51,6 +51,7 @@ CONFIGS = {
         "privacy": {"central": "server-adaptive", "noise-multiplier": 0.1},
     },
     "ditto": {"learner": {"name": "ditto"}},
+    "kept-adam": {"learner": {"outer-state": "keep"}},  # each client's Adam moments, on disk
 }
 POINTS = ("mid-round", "after-checkpoint", "torn-line")
 TIMING = ("seconds", "wall")

@@ -26,10 +26,10 @@ def evaluate_tasks(
         out |= {"query-acc-pre": [], "query-acc-post": []}
     for task in tasks:
         start = learner.eval_start(params, task)
-        adapted = learner.adapt(start, task.support_x, task.support_y, steps=steps)
+        adapted = learner.adapt_to(start, task, steps=steps)
         for tag, p in (("pre", start), ("post", adapted)):
             with torch.no_grad():
-                pred = learner.forward(p, task.query_x)
+                pred = learner.predict(p, task)
                 out[f"query-loss-{tag}"].append(float(kind.loss(pred, task.query_y)))
                 if kind.accuracy is not None:
                     out[f"query-acc-{tag}"].append(kind.accuracy(pred, task.query_y))
@@ -48,7 +48,7 @@ def accuracy_by_steps(
     for task in tasks:
         start = learner.eval_start(params, task)
         for s in steps:
-            adapted = learner.adapt(start, task.support_x, task.support_y, steps=s) if s else start
+            adapted = learner.adapt_to(start, task, steps=s) if s else start
             with torch.no_grad():
-                out[s].append(float(score(learner.forward(adapted, task.query_x), task.query_y)))
+                out[s].append(float(score(learner.predict(adapted, task), task.query_y)))
     return out

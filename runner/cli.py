@@ -40,7 +40,8 @@ def _fmt(summary: dict) -> str:
             lines.append(
                 f"held-out {metric} before adaptation: {pre:.4f} ± {h[f'{metric}-pre-ci95']:.4f}"
                 f"   after adaptation: {post:.4f} ± {h[f'{metric}-post-ci95']:.4f}"
-                f"   ({h.get('num-tasks', '?')} tasks, {clients} clients)"
+                f"   ({h.get('num-tasks', '?')} tasks, {clients} clients; 95% CI: "
+                f"{h.get('ci-method', 'over tasks')})"
             )
     faults = {k: v for k, v in summary.get("faults", {}).items() if v}
     if faults:

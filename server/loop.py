@@ -29,16 +29,15 @@ from fedmeta.protocol import (
     DEADLINE,
     EVAL_INNER_STEPS,
     METRICS,
-    NUM_EXAMPLES,
     PLACEMENT,
     RAY_NODE,
     SCENARIO,
-    UNIT_WEIGHT,
     WORKER,
     Stream,
     rng_for,
 )
 from fedmeta.results import RunDir
+from fedmeta.stats import CLIENT_CI, TASK_CI
 from server.exchange import (
     ClientFailure,
     LateReplies,
@@ -53,7 +52,7 @@ from server.exchange import (
 )
 from server.privacy import Privacy
 from server.roster import chunks, reply_partition, sent_partition
-from server.strategies import build_strategy
+from server.strategies import build_strategy, reply_weight_key
 
 log = logging.getLogger("fedmeta")
 
@@ -98,7 +97,7 @@ class RoundLoop:
             if pool_size
             else connect(grid, exp.n_clients, self.config, wait)
         )
-        weight_key = UNIT_WEIGHT if sc.privacy.central_dp else NUM_EXAMPLES
+        weight_key = reply_weight_key(sc)
         self.strategy = build_strategy(sc.strategy.name, sc.strategy.options, weight_key)
         self.private = Privacy(self.strategy, sc)  # .strategy: Flower's DP wrapper, or strategy
         self.exchange = make_exchange(exp, weight_key)
@@ -129,8 +128,12 @@ class RoundLoop:
             arrays = ArrayRecord(self.exp.initial_params())
             return arrays, {"round": -1, "bytes": 0, "wall": 0.0, "compute": 0.0}
         sc = self.exp.scenario
-        stateful = LEARNERS.get(sc.learner.name, key="learner.name").stateful
-        if stateful and last >= 1 and not has_saved_state(self.state_dir):
+        learner = LEARNERS.get(sc.learner.name, key="learner.name")
+        if (
+            learner.keeps_state(sc.learner.options)
+            and last >= 1
+            and not has_saved_state(self.state_dir)
+        ):
             raise FedmetaError(
                 f"cannot resume {self.run_dir.path}: learner {sc.learner.name!r} keeps per-client "
                 f"state, which this run did not save in {self.state_dir}; start a new run"
@@ -365,6 +368,8 @@ def summarize(
     (:meth:`server.privacy.Privacy.summary`)."""
     sc = exp.scenario
     heldout = {k: v for k, v in latest.items() if not k.endswith("-per-client")}
+    if "ci-over-clients" in heldout:
+        heldout["ci-method"] = CLIENT_CI if heldout.pop("ci-over-clients") else TASK_CI
     return {
         "name": sc.name,
         "rounds": state["round"],

@@ -24,7 +24,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedmeta.options import Options
-from fedmeta.protocol import NUM_EXAMPLES, Stream, rng_for, sample_size
+from fedmeta.protocol import NUM_EXAMPLES, UNIT_WEIGHT, Stream, rng_for, sample_size
+from fedmeta.scenario import Scenario
 from fedmeta.strategies import STRATEGIES, StrategySpec
 from server.evaluation import pool_heldout_metrics
 from server.roster import Roster, reply_partition
@@ -151,6 +152,13 @@ def flower_class(spec: type[StrategySpec]) -> type:
     """The Flower strategy class a spec names (``"FedAvg"`` or ``"module:Class"``)."""
     module, _, name = spec.flower.rpartition(":")
     return getattr(importlib.import_module(module or "flwr.serverapp.strategy"), name)
+
+
+def reply_weight_key(scenario: Scenario) -> str:
+    """The reply metric the aggregate weights by: ``unit-weight`` (1 for every reply) when
+    ``strategy.weight = "uniform"``, else ``num-examples``."""
+    spec = STRATEGIES.get(scenario.strategy.name, key="strategy.name")
+    return UNIT_WEIGHT if spec.uniform(scenario.strategy.options) else NUM_EXAMPLES
 
 
 def build_strategy(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_learners import class_task, leaves, linear_task, make
 
 from fedmeta.batched import forward_tasks, stack_tasks
 from fedmeta.learners.base import Learner
@@ -18,6 +17,7 @@ from fedmeta.models import MLP, Conv4
 from fedmeta.privacy.dpsgd import make_private
 from fedmeta.privacy.options import PrivacyOptions
 from fedmeta.tasks import Task
+from tests.test_learners import class_task, leaves, linear_task, make
 
 BATCHED = ["maml", "fomaml", "anil", "protonet"]
 """The learners with a task-batched meta-step."""

@@ -321,45 +321,100 @@ def test_hessian_vector_product_matches_explicit_hessian():
     assert all(got[k].shape == params[k].shape for k in params)
 
 
-def test_perfedavg_fo_and_hf_differ_by_alpha_h_g():
+def per_fedavg_reference(model, params: Params, task: Task, alpha: float, hf: bool) -> Params:
+    """Fallah et al. (2020), Algorithm 1, one step's direction, written out explicitly: the
+    three batches are drawn as the learner documents (same generator state), then
+    ``w' = w - alpha grad f(w; D)``, ``g = grad f(w'; D')`` and for HF ``g - alpha H(w; D'') g``
+    with an explicit Hessian matrix."""
+    x, y = task.pooled()
+    size = len(x) // 3
+    order = torch.randperm(len(x))
+    d, d1, d2 = (order[i * size : (i + 1) * size] for i in range(3))
+
+    def loss(p: Params, idx: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(model, p, (x[idx],)), y[idx])
+
+    w = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    grads = torch.autograd.grad(loss(w, d), list(w.values()))
+    temp = {
+        k: (v - alpha * g).detach().requires_grad_(True)
+        for (k, v), g in zip(w.items(), grads, strict=True)
+    }
+    outer = torch.autograd.grad(loss(temp, d1), list(temp.values()))
+    g = flat(dict(zip(temp, outer, strict=True)))
+    if hf:
+        g = g - alpha * explicit_hessian(model, w, x[d2], y[d2]) @ g
+    out, i = {}, 0
+    for k, v in params.items():
+        out[k] = g[i : i + v.numel()].reshape(v.shape)
+        i += v.numel()
+    return out
+
+
+@pytest.mark.parametrize("name", ["perfedavg-fo", "perfedavg-hf"])
+def test_perfedavg_matches_an_explicit_three_batch_reference(name):
     torch.manual_seed(0)
     model = MLP((2,), 3, hidden=(4,)).double()
-    gen = torch.Generator().manual_seed(7)
-    tasks = [class_task(gen, (2,), 3, 2, 3) for _ in range(2)]
-    params = leaves(model)
-    alpha = 0.2
-    fo = make("perfedavg-fo", model, inner_steps=1, inner_lr=alpha)
-    hf = make("perfedavg-hf", model, inner_steps=1, inner_lr=alpha)
-    g_fo, _ = fo.meta_gradient(params, tasks)
-    g_hf, _ = hf.meta_gradient(params, tasks)
-    expected = torch.zeros(sum(p.numel() for p in params.values()), dtype=torch.float64)
-    for t in tasks:
-        g_task = flat(fo.meta_gradient(params, [t])[0])
-        expected += alpha * explicit_hessian(model, params, t.support_x, t.support_y) @ g_task / 2
-    assert expected.abs().max() > 1e-4
-    torch.testing.assert_close(flat(g_fo) - flat(g_hf), expected, rtol=1e-9, atol=1e-12)
+    task = class_task(torch.Generator().manual_seed(7), (2,), 3, 2, 3)  # 15 examples: 3 x 5
+    params, alpha = leaves(model), 0.2
+    torch.manual_seed(11)
+    got, _ = make(name, model, inner_steps=1, inner_lr=alpha).meta_gradient(params, [task])
+    torch.manual_seed(11)
+    want = per_fedavg_reference(model, params, task, alpha, hf=name.endswith("hf"))
+    torch.testing.assert_close(flat(got), flat(want), rtol=1e-9, atol=1e-12)
 
 
-def test_perfedavg_hf_equals_maml_when_d_double_prime_is_support():
+def test_perfedavg_on_a_quadratic_matches_the_closed_form():
+    """Linear regression with MSE: f(w; B) is quadratic with gradient ``2/n X^T (X w - y)`` and
+    Hessian ``2/n X^T X`` (bias as a column of ones), so both variants have a closed form."""
+    gen = torch.Generator().manual_seed(3)
+    task = linear_task(gen, n_support=5, n_query=7)  # 12 examples: batches of 4
+    model = nn.Linear(3, 1).double()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    alpha = 0.1
+    x, y = task.pooled()
+    xs = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    theta = torch.cat([params["weight"].detach().reshape(-1), params["bias"].detach()])
+    torch.manual_seed(5)
+    d, d1, d2 = torch.randperm(len(x))[:12].split(4)
+
+    def grad(t: Tensor, idx: Tensor) -> Tensor:
+        return 2.0 / len(idx) * xs[idx].T @ (xs[idx] @ t - y[idx, 0])
+
+    g_fo = grad(theta - alpha * grad(theta, d), d1)
+    hessian = 2.0 / len(d2) * xs[d2].T @ xs[d2]
+    g_hf = g_fo - alpha * hessian @ g_fo
+    for name, expected in (("perfedavg-fo", g_fo), ("perfedavg-hf", g_hf)):
+        learner = make(name, model, loss_fn=F.mse_loss, inner_steps=1, inner_lr=alpha)
+        torch.manual_seed(5)
+        got, _ = learner.meta_gradient(params, [task])
+        torch.testing.assert_close(flat(got), expected, rtol=1e-10, atol=1e-12)
+    assert (g_fo - g_hf).abs().max() > 1e-4
+
+
+def test_perfedavg_is_neither_maml_nor_fomaml():
     torch.manual_seed(0)
-    model = Conv4((1, 8, 8), 3, width=4, norm="batch").double()
+    model = MLP((2,), 3, hidden=(4,)).double()
     gen = torch.Generator().manual_seed(8)
-    tasks = [class_task(gen, (1, 8, 8), 3, 2, 3) for _ in range(2)]
-    params = leaves(model)
-    hf, _ = make("perfedavg-hf", model, inner_steps=2, inner_lr=0.3).meta_gradient(params, tasks)
-    ml, _ = make("maml", model, inner_steps=2, inner_lr=0.3).meta_gradient(params, tasks)
-    torch.testing.assert_close(flat(hf), flat(ml), rtol=1e-9, atol=1e-12)
-
-
-def test_perfedavg_fo_equals_fomaml():
-    torch.manual_seed(0)
-    model = MLP((2,), 3, hidden=(4,)).double()
-    gen = torch.Generator().manual_seed(12)
     tasks = [class_task(gen, (2,), 3, 2, 3) for _ in range(2)]
     params = leaves(model)
-    pf, _ = make("perfedavg-fo", model, inner_steps=2, inner_lr=0.3).meta_gradient(params, tasks)
-    fo, _ = make("fomaml", model, inner_steps=2, inner_lr=0.3).meta_gradient(params, tasks)
-    torch.testing.assert_close(flat(pf), flat(fo), rtol=1e-12, atol=1e-14)
+
+    def direction(name: str) -> Tensor:
+        torch.manual_seed(1)
+        return flat(make(name, model, inner_steps=1, inner_lr=0.3).meta_gradient(params, tasks)[0])
+
+    assert (direction("perfedavg-fo") - direction("fomaml")).abs().max() > 1e-4
+    assert (direction("perfedavg-hf") - direction("maml")).abs().max() > 1e-4
+    # the two variants share D and D' under one seed: they differ only by the Hessian term
+    assert (direction("perfedavg-hf") - direction("perfedavg-fo")).abs().max() > 1e-6
+
+
+def test_perfedavg_refuses_batches_larger_than_a_third_of_a_task():
+    model = MLP((2,), 3, hidden=(4,)).double()
+    task = class_task(torch.Generator().manual_seed(2), (2,), 3, 2, 3)  # 15 examples
+    learner = make("perfedavg-fo", model, batch_size=6)
+    with pytest.raises(ValueError, match="batch-size to at most 5"):
+        learner.meta_gradient(leaves(model), [task])
 
 
 # -- FedAvg -------------------------------------------------------------------------------------
@@ -507,3 +562,50 @@ def test_local_update_is_detached_and_does_not_mutate_input(name):
         return
     assert any(not torch.equal(new[k], snapshot[k]) for k in new)
     assert "train-loss" in metrics and all(math.isfinite(v) for v in metrics.values())
+
+
+# -- the outer optimizer's state: reset or kept per client --------------------------------------
+def test_a_kept_outer_optimizer_continues_across_local_updates():
+    """``outer-state = "keep"``: two local updates of one client (from two different global
+    models) equal one Adam run through both, its moments carried over; ``"reset"`` starts the
+    second from a fresh Adam, which gives a different update."""
+    from fedmeta.learners.base import OUTER_STATE, LocalContext
+
+    gen = torch.Generator().manual_seed(4)
+    model = nn.Linear(3, 1).double()
+    rounds = [[[linear_task(gen) for _ in range(2)] for _ in range(2)] for _ in range(2)]
+    starts = [
+        {k: v.detach().clone() + shift for k, v in model.named_parameters()} for shift in (0, 0.3)
+    ]
+    cfg = dict(local_steps=2, tasks_per_step=2, outer_lr=0.05, outer_optimizer="adam")
+
+    def reference(carry: bool) -> list[Params]:
+        leaves_ = {k: v.clone().requires_grad_(True) for k, v in starts[0].items()}
+        opt, out = None, []
+        for start, batches in zip(starts, rounds, strict=True):
+            with torch.no_grad():
+                for k, v in leaves_.items():
+                    v.copy_(start[k])
+            if opt is None or not carry:
+                opt = torch.optim.Adam(leaves_.values(), lr=0.05)
+            for batch in batches:
+                grads = [lin_grad(leaves_["weight"], leaves_["bias"], *t.pooled()) for t in batch]
+                leaves_["weight"].grad = (sum(g[0] for g in grads) / 2).detach()
+                leaves_["bias"].grad = (sum(g[1] for g in grads) / 2).detach()
+                opt.step()
+            out.append({k: v.detach().clone() for k, v in leaves_.items()})
+        return out
+
+    results = {}
+    for state, carry in (("keep", True), ("reset", False)):
+        learner = make("fedavg", model, F.mse_loss, outer_state=state, **cfg)
+        ctx = LocalContext()
+        got = [
+            learner.local_update(s, stream(b), ctx)[0] for s, b in zip(starts, rounds, strict=True)
+        ]
+        for g, r in zip(got, reference(carry), strict=True):
+            torch.testing.assert_close(g["weight"], r["weight"], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(g["bias"], r["bias"], rtol=1e-12, atol=1e-12)
+        assert (OUTER_STATE in ctx.state) == (state == "keep")
+        results[state] = got[1]["weight"]
+    assert (results["keep"] - results["reset"]).abs().max() > 1e-6

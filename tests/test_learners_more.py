@@ -19,7 +19,7 @@ from fedmeta.learners.base import HEAD, LocalContext, Params
 from fedmeta.learners.ditto import PERSONAL
 from fedmeta.learners.metasgd import LR
 from fedmeta.learners.protonet import squared_distances
-from fedmeta.models import MLP
+from fedmeta.models import MLP, Conv4
 from tests.test_learners import (
     class_task,
     leaves,
@@ -164,27 +164,81 @@ def test_protonet_head_from_prototypes_gives_the_distance_softmax():
     assert learner.forward(start, t.query_x).abs().max() == 0  # chance before adaptation
 
 
-def test_protonet_gradient_matches_a_reference_and_leaves_the_head_alone():
-    model, tasks = tiny_setup()
+def protonet_reference(model, p: Params, tasks, joint: bool = True) -> torch.Tensor:
+    """Snell et al.'s loss, coded independently: support and query embedded in one batch (or,
+    with ``joint=False``, in two)."""
+    body = {k[len("features.") :]: v for k, v in p.items() if k.startswith("features.")}
+    total = 0
+    for t in tasks:
+        if joint:
+            f = functional_call(model.features, body, (torch.cat([t.support_x, t.query_x]),))
+            fs, fq = f[: len(t.support_x)], f[len(t.support_x) :]
+        else:
+            fs = functional_call(model.features, body, (t.support_x,))
+            fq = functional_call(model.features, body, (t.query_x,))
+        n_way = int(t.support_y.max()) + 1
+        protos = torch.stack([fs[t.support_y == c].mean(0) for c in range(n_way)])
+        total = total + F.cross_entropy(-(torch.cdist(fq, protos) ** 2), t.query_y)
+    return total / len(tasks)
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv4-batchnorm"])
+def test_protonet_gradient_matches_a_reference_and_leaves_the_head_alone(net):
+    if net == "mlp":
+        model, tasks = tiny_setup()
+    else:
+        torch.manual_seed(0)
+        model = Conv4((1, 28, 28), 3, width=8, norm="batch").double()
+        gen = torch.Generator().manual_seed(2)
+        tasks = [class_task(gen, (1, 28, 28), 3, 1, 4) for _ in range(2)]
     params = leaves(model)
     grads, loss = make("protonet", model).meta_gradient(params, tasks)
-
-    def reference(p: Params) -> torch.Tensor:
-        body = {k[len("features.") :]: v for k, v in p.items() if k.startswith("features.")}
-        total = 0
-        for t in tasks:
-            fs = functional_call(model.features, body, (t.support_x,))
-            protos = torch.stack([fs[t.support_y == c].mean(0) for c in range(3)])
-            fq = functional_call(model.features, body, (t.query_x,))
-            total = total + F.cross_entropy(-(torch.cdist(fq, protos) ** 2), t.query_y)
-        return total / len(tasks)
-
-    ref = reference(params)
-    want = torch.autograd.grad(ref, [v for k, v in params.items() if k.startswith("features.")])
-    for k, g in zip([k for k in params if k.startswith("features.")], want, strict=True):
+    body = [k for k in params if k.startswith("features.")]
+    ref = protonet_reference(model, params, tasks)
+    want = torch.autograd.grad(ref, [params[k] for k in body])
+    for k, g in zip(body, want, strict=True):
         torch.testing.assert_close(grads[k], g, rtol=1e-8, atol=1e-10)
     assert all(not grads[k].any() for k in ("head.weight", "head.bias"))
     assert loss["train-loss"] == pytest.approx(ref.item(), rel=1e-10)
+    if net == "conv4-batchnorm":  # with BatchNorm, one batch is not the same as two
+        separate = protonet_reference(model, params, tasks, joint=False)
+        assert abs(separate.item() - ref.item()) > 1e-4
+
+
+def test_protonet_evaluation_embeds_support_and_query_in_one_batch():
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 3, width=8, norm="batch").double()
+    task = class_task(torch.Generator().manual_seed(3), (1, 28, 28), 3, 1, 4)
+    learner = make("protonet", model)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    with torch.no_grad():
+        logits = learner.predict(learner.adapt_to(params, task), task)
+        feats = learner.features(params, torch.cat([task.support_x, task.query_x]))
+        fs, fq = feats[:3], feats[3:]
+        protos = torch.stack([fs[task.support_y == c].mean(0) for c in range(3)])
+        want = F.log_softmax(-squared_distances(fq, protos), dim=-1)
+    torch.testing.assert_close(F.log_softmax(logits, dim=-1), want, rtol=1e-10, atol=1e-10)
+    start = learner.eval_start(params, task)
+    assert learner.predict(start, task).abs().max() == 0  # chance before adaptation
+
+
+def test_metasgd_evaluates_with_the_trained_number_of_steps():
+    model, tasks = tiny_setup()
+    params = make("meta-sgd", model, inner_steps=2).init_params(
+        {k: v.detach() for k, v in model.named_parameters()}
+    )
+    t = tasks[0]
+
+    def adapted(**cfg) -> Params:
+        return make("meta-sgd", model, inner_steps=2, **cfg).adapt(params, t.support_x, t.support_y)
+
+    trained = adapted()
+    explicit = make("meta-sgd", model, inner_steps=2).adapt(
+        params, t.support_x, t.support_y, steps=2
+    )
+    three = adapted(eval_inner_steps=3)
+    assert all(torch.equal(trained[k], explicit[k]) for k in trained)
+    assert any(not torch.equal(trained[k], three[k]) for k in trained)
 
 
 # -- pFedMe, Ditto, FedProx (proximal terms on a linear model, closed form) ---------------------

@@ -200,6 +200,11 @@ def test_attack_metrics():
             {"train": {"dropout": 0.2}},
             "dropout",
         ),
+        (
+            {"central": "server-fixed", "noise-multiplier": 1.0},
+            {"strategy": {"name": "fedavg", "weight": "examples"}},
+            "strategy.weight = 'examples'",
+        ),
         ({"centrel": "server-fixed"}, {}, "did you mean 'central'"),
         ({"central": "server-adaptive", "noise-multiplier": 0.5}, {}, "clients per round / 10"),
         ({"local-epsilon": 2.0}, {}, "local-epsilon"),

@@ -22,6 +22,7 @@ right after round 4's with a torn metrics line written by hand; resumed after ea
     [
         "fedavg-fomaml",
         "ditto",  # personal models on disk, by round
+        pytest.param("kept-adam", marks=pytest.mark.slow),  # clients' optimiser state on disk
         pytest.param("fedadam-maml", marks=pytest.mark.slow),  # server optimiser state
         pytest.param("dp-adaptive", marks=pytest.mark.slow),  # DP ledger, adaptive clip norm
     ],

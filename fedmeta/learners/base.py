@@ -33,6 +33,27 @@ OUTER_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 
+OUTER_STATE = "outer-optimizer"
+"""The key of a client's kept outer-optimizer state in :attr:`LocalContext.state`."""
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """An optimizer's per-parameter state as flat tensors, ``"<index>.<name>"``."""
+    return {
+        f"{i}.{name}": torch.as_tensor(value).detach().clone()
+        for i, per_param in opt.state_dict()["state"].items()
+        for name, value in per_param.items()
+    }
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    """Restore what :func:`optimizer_tensors` saved into a fresh optimizer of the same kind."""
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value.clone()
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
 
 class LearnerConfig(Options):
     """Hyper-parameters of a client's local update and of evaluation-time adaptation.
@@ -50,7 +71,13 @@ class LearnerConfig(Options):
     outer_lr : float
         Learning rate of the client's local outer optimizer.
     outer_optimizer : str
-        ``"adam"`` or ``"sgd"``; a fresh optimizer is created for each local update.
+        ``"adam"`` or ``"sgd"``, the client's local outer optimizer.
+    outer_state : str
+        ``"reset"``: a fresh outer optimizer for every local update (a freshly reset Adam's
+        first steps are roughly sign-SGD of size ``outer_lr``). ``"keep"``: each client keeps
+        its optimizer's state (Adam's moments, SGD's momentum buffer) from one of its local
+        updates to the next, on disk with the learner state (:mod:`fedmeta.client_state`),
+        so a resumed run continues it.
     eval_inner_steps : int
         Adaptation steps at evaluation.
     batch_tasks : bool
@@ -65,6 +92,7 @@ class LearnerConfig(Options):
     inner_lr: float = Field(0.4, ge=0)
     outer_lr: float = Field(1e-3, gt=0)
     outer_optimizer: Literal["adam", "sgd"] = "adam"
+    outer_state: Literal["reset", "keep"] = "reset"
     eval_inner_steps: int = Field(3, ge=0)
     batch_tasks: bool = True
 
@@ -140,11 +168,18 @@ class Learner:
 
     stateful: ClassVar[bool] = False
     """Whether the local update leaves per-client tensors in ``ctx.state`` for the client's
-    next round (Ditto's personal model); the ClientApp keeps them by round on disk."""
+    next round (Ditto's personal model); the ClientApp keeps them by round on disk. See also
+    :meth:`keeps_state`."""
 
     supports_example_dp: ClassVar[bool] = False
     """Whether every gradient the local update takes on data is a first-order
     :meth:`value_and_grad` call, which DP-SGD (:mod:`fedmeta.privacy.dpsgd`) can replace."""
+
+    @classmethod
+    def keeps_state(cls, options: LearnerConfig) -> bool:
+        """Whether clients keep state between rounds with these options: a stateful learner,
+        or a kept outer optimizer."""
+        return cls.stateful or getattr(options, "outer_state", "reset") == "keep"
 
     def __init__(
         self,
@@ -272,6 +307,9 @@ class Learner:
         anchor = {k: v.detach() for k, v in params.items()}
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         opt = OUTER_OPTIMIZERS[self.cfg.outer_optimizer](leaves.values(), lr=self.cfg.outer_lr)
+        keep = self.cfg.outer_state == "keep" and ctx is not None
+        if keep and OUTER_STATE in ctx.state:
+            load_optimizer_tensors(opt, ctx.state[OUTER_STATE])
         totals: dict[str, float] = {}
         for _ in range(self.cfg.local_steps):
             grads, metrics = self.meta_gradient(leaves, sample_tasks(self.cfg.tasks_per_step))
@@ -282,6 +320,8 @@ class Learner:
             opt.step()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value / self.cfg.local_steps
+        if keep:
+            ctx.state[OUTER_STATE] = optimizer_tensors(opt)
         return {k: v.detach() for k, v in leaves.items()}, totals
 
     def eval_start(self, params: Params, task: Task) -> Params:
@@ -306,6 +346,15 @@ class Learner:
         with torch.enable_grad():
             fast = self.inner_loop(start, x, y, steps, lr, False, anchor, self.adapt_lam)
         return {k: v.detach() for k, v in fast.items()}
+
+    def adapt_to(self, params: Params, task: Task, steps: int | None = None) -> Params:
+        """Adapt to ``task``: :meth:`adapt` on its support set. A learner that embeds support
+        and query together (ProtoNet) may also read the query inputs, never their labels."""
+        return self.adapt(params, task.support_x, task.support_y, steps=steps)
+
+    def predict(self, params: Params, task: Task) -> Tensor:
+        """Predictions for ``task``'s query set under ``params``."""
+        return self.forward(params, task.query_x)
 
     @property
     def adapt_lam(self) -> float:

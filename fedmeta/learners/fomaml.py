@@ -39,8 +39,8 @@ class FOMAML(MAML):
     ``inner_steps``. With ``inner_steps = 0`` the update is plain training on the query sets.
     Evaluation uses the shared :meth:`~fedmeta.learners.base.Learner.adapt` (``eval_inner_steps``
     SGD steps on the support set), the same as MAML's. Per-FedAvg (FO)
-    (:mod:`fedmeta.learners.perfedavg`) computes the same direction; the two differ only in the
-    hyper-parameters their scenarios use (Per-FedAvg: one inner step, SGD outer step).
+    (:mod:`fedmeta.learners.perfedavg`) has the same form but draws its inner and outer batches
+    at random from a task's pooled examples, not as the support and query sets.
 
     Attributes
     ----------

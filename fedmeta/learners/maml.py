@@ -10,6 +10,24 @@ flips :attr:`MAML.first_order`. A meta-batch runs as one stacked computation
 (:meth:`MAML.batch_gradient`, :mod:`fedmeta.batched`), never with ``torch.func.vmap``, which
 gives wrong second-order meta-gradients with batch-statistics BatchNorm (see
 :mod:`fedmeta.models`). The per-task loop (:meth:`MAML.task_gradient`) is the reference path.
+
+Settings, Omniglot 5-way 1-shot (paper: Finn et al., appendix A.1, and the authors' code
+``cbfinn/maml``, ``main.py``) against fedmeta's defaults (:class:`LearnerConfig`):
+
+=====================  ============================  ==========================================
+setting                paper                         fedmeta default (reason if different)
+=====================  ============================  ==========================================
+inner lr (alpha)       0.4                           0.4
+inner steps, training  1                             1
+inner steps, test      3 (the code uses 10)          3
+meta-batch             32 tasks                      4 tasks per local meta-step, times the
+                                                     clients of a round (a hospital holds few
+                                                     classes; 2-core clients)
+outer optimiser        Adam, lr 0.001 (code default) Adam, lr 0.001, per client; reset each
+                                                     round unless ``outer-state = "keep"``
+                                                     (the server aggregates every round)
+query per class        K (code)                      ``task.query`` (the scenario's)
+=====================  ============================  ==========================================
 """
 
 from __future__ import annotations

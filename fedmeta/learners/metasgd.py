@@ -5,14 +5,19 @@ arXiv:1707.09835. The inner step is ``w - alpha * grad`` with ``alpha`` a tensor
 ``w`` (initialised to ``inner_lr``); the query loss after adaptation is differentiated with
 respect to both ``w`` and ``alpha`` (second order). The rates are meta-parameters like any
 other: they are sent, aggregated by the server strategy and used at evaluation.
+
+The rates are learned for ``inner_steps`` steps, and Li et al. test with the single step they
+train; so evaluation adapts for ``inner_steps`` steps too unless the scenario sets
+``eval-inner-steps``.
 """
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from fedmeta.learners.base import LEARNERS, Learner, Params
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params
 from fedmeta.tasks import Task
 
 LR = "meta-sgd-lr."
@@ -26,9 +31,17 @@ def split(params: Params) -> tuple[Params, Params]:
     return weights, rates
 
 
+class MetaSGDConfig(LearnerConfig):
+    """Meta-SGD's options: ``eval_inner_steps`` defaults to ``inner_steps`` (``None``)."""
+
+    eval_inner_steps: int | None = Field(None, ge=0)
+
+
 @LEARNERS.register("meta-sgd", help="Meta-SGD (Li et al., 2017): MAML + learned per-entry rates")
 class MetaSGD(Learner):
     """Second-order MAML with learned element-wise inner learning rates."""
+
+    Options = MetaSGDConfig
 
     def init_params(self, model_params: Params) -> Params:
         rates = {LR + k: torch.full_like(v, self.cfg.inner_lr) for k, v in model_params.items()}
@@ -67,8 +80,12 @@ class MetaSGD(Learner):
         steps: int | None = None,
         lr: float | None = None,
     ) -> Params:
-        """Adaptation with the learned rates (``lr`` is ignored: the rates replace it)."""
-        steps = self.cfg.eval_inner_steps if steps is None else steps
+        """Adaptation with the learned rates (``lr`` is ignored: the rates replace it), for the
+        trained number of steps unless ``eval_inner_steps`` or ``steps`` says otherwise."""
+        if steps is None:
+            steps = self.cfg.eval_inner_steps
+        if steps is None:
+            steps = self.cfg.inner_steps
         start = {k: v.detach().requires_grad_(not k.startswith(LR)) for k, v in params.items()}
         with torch.enable_grad():
             fast = self.inner(start, x, y, steps, create_graph=False)

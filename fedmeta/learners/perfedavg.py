@@ -9,12 +9,17 @@ computes the Hessian-vector product exactly (the paper also allows a finite-diff
 approximation; here it is double backprop). ``alpha`` is ``inner_lr``, ``beta`` is ``outer_lr``
 (the paper's outer step is SGD), ``tau`` is ``local_steps``.
 
-Mapping onto episodes: ``D`` is the task's support set and ``D'`` its query set. ``D''`` is the
-support set again, i.e. the Hessian is that of the loss the inner step descended. With this
-choice Per-FedAvg (HF) returns exactly the second-order MAML meta-gradient, computed with
-Hessian-vector products instead of backprop through the inner loop. With ``inner_steps = k > 1``
-the temporary model takes ``k`` steps ``w_0 = w, ..., w_k`` and the HF gradient is
-``(I - alpha H(w_0)) ... (I - alpha H(w_{k-1})) grad f(w_k; D')``.
+Batches: a local step draws ``D``, ``D'`` and ``D''`` as disjoint random batches of
+``batch_size`` examples (default: a third of them) from one sampled task's examples, support
+and query pooled (:func:`three_batches`). Per-FedAvg has no support/query roles; what it shares
+with an episode is only the label set, so the three batches agree on what each label means.
+So Per-FedAvg (FO) is not FOMAML (FOMAML adapts on the ``k``-shot support set and scores the
+query set), and Per-FedAvg (HF) is not second-order MAML (its Hessian is taken on ``D''``, a
+batch independent of the one the inner step descended). Both variants draw all three batches,
+so with the same seed they share ``D`` and ``D'`` and differ exactly by ``alpha H(w; D'') g``.
+With ``inner_steps = k > 1`` the temporary model takes ``k`` steps ``w_0 = w, ..., w_k`` on
+``D`` and the HF gradient is ``(I - alpha H(w_0; D'')) ... (I - alpha H(w_{k-1}; D'')) grad
+f(w_k; D')``.
 """
 
 from __future__ import annotations
@@ -23,10 +28,36 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from fedmeta.learners.base import LEARNERS, Learner, Params, sgd_step
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, sgd_step
 from fedmeta.tasks import Task
+
+Batch = tuple[Tensor, Tensor]
+
+
+class PerFedAvgConfig(LearnerConfig):
+    """Per-FedAvg's options: ``batch_size`` examples in each of ``D``, ``D'`` and ``D''``
+    (``None``: a third of a task's pooled examples)."""
+
+    batch_size: int | None = Field(None, ge=1)
+
+
+def three_batches(task: Task, size: int | None) -> tuple[Batch, Batch, Batch]:
+    """``D``, ``D'`` and ``D''``: disjoint random batches of ``size`` examples of ``task``
+    (support and query pooled), drawn with torch's global generator, which the client seeds
+    per round."""
+    x, y = task.pooled()
+    size = len(x) // 3 if size is None else size
+    if size < 1 or 3 * size > len(x):
+        raise ValueError(
+            f"Per-FedAvg needs 3 disjoint batches of {size} examples but a task has {len(x)}; "
+            f"set learner.batch-size to at most {len(x) // 3}"
+        )
+    order = torch.randperm(len(x), device=x.device)
+    d, d1, d2 = order[: 3 * size].split(size)
+    return (x[d], y[d]), (x[d1], y[d1]), (x[d2], y[d2])
 
 
 def hessian_vector_product(
@@ -70,51 +101,50 @@ class PerFedAvgFO(Learner):
         Whether to apply the exact ``(I - alpha H)`` correction (Per-FedAvg HF).
     """
 
+    Options = PerFedAvgConfig
     hessian_free: ClassVar[bool] = False
     supports_example_dp: ClassVar[bool] = True
 
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
-        """Per-FedAvg direction and query loss at the temporary model for one task.
+        """Per-FedAvg direction and the loss on ``D'`` at the temporary model, for one task.
 
         Parameters
         ----------
         params : Params
             Meta-parameters (treated as constants).
         task : Task
-            ``D`` = ``D''`` = support set, ``D'`` = query set.
+            The examples ``D``, ``D'`` and ``D''`` are drawn from (:func:`three_batches`).
 
         Returns
         -------
         tuple[Params, float]
-            The detached direction keyed like ``params`` and the query loss at ``w'``.
+            The detached direction keyed like ``params`` and the loss on ``D'`` at ``w'``.
         """
+        (dx, dy), (qx, qy), (hx, hy) = three_batches(task, self.cfg.batch_size)
         alpha = self.cfg.inner_lr
         iterates = [{k: v.detach().requires_grad_(True) for k, v in params.items()}]
         for _ in range(self.cfg.inner_steps):
             w = iterates[-1]
-            nxt = sgd_step(w, self.value_and_grad(w, task.support_x, task.support_y)[0], alpha)
+            nxt = sgd_step(w, self.value_and_grad(w, dx, dy)[0], alpha)
             iterates.append({k: v.detach().requires_grad_(True) for k, v in nxt.items()})
         temp = iterates[-1]
-        query_grads, query_loss = self.value_and_grad(temp, task.query_x, task.query_y)
-        g = dict(zip(temp, query_grads, strict=True))
+        outer_grads, outer_loss = self.value_and_grad(temp, qx, qy)
+        g = dict(zip(temp, outer_grads, strict=True))
         if self.hessian_free:
 
-            def support_fn(p: Params) -> Tensor:
-                return self.loss(p, task.support_x, task.support_y)
+            def hessian_batch_loss(p: Params) -> Tensor:
+                return self.loss(p, hx, hy)
 
             for w in reversed(iterates[:-1]):
-                hv = hessian_vector_product(support_fn, w, g)
+                hv = hessian_vector_product(hessian_batch_loss, w, g)
                 g = {k: g[k] - alpha * hv[k] for k in g}
-        return g, query_loss.item()
+        return g, outer_loss.item()
 
 
 @LEARNERS.register("perfedavg-hf", help="Per-FedAvg, Hessian-free (exact Hessian-vector products)")
 class PerFedAvgHF(PerFedAvgFO):
-    """Per-FedAvg (HF): ``(I - alpha H(w; D'')) grad f(w'; D')`` with exact ``H v``.
-
-    ``D''`` is the support set (see the module docstring), so this equals second-order MAML's
-    meta-gradient up to floating-point rounding.
-    """
+    """Per-FedAvg (HF): ``(I - alpha H(w; D'')) grad f(w'; D')`` with exact ``H v`` on a
+    third batch ``D''``, independent of ``D`` and ``D'``."""
 
     hessian_free: ClassVar[bool] = True
     supports_example_dp: ClassVar[bool] = False  # its Hessian-vector products touch data too

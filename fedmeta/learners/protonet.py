@@ -7,8 +7,28 @@ the mean embedding of its support examples and a query is scored by ``-||f(x) - 
 "Adaptation" computes the prototypes and writes them into the linear head, since
 ``-||f - c_k||^2 = 2 c_k . f - ||c_k||^2 - ||f||^2`` and the last term is the same for every
 class: a head with weights ``2 c_k`` and biases ``-||c_k||^2`` gives the same softmax. So
-evaluation, communication and aggregation need nothing special. Before adaptation the head is
-zero (every class equally likely); the number of adaptation steps does not matter.
+communication and aggregation need nothing special. Before adaptation the head is zero (every
+class equally likely); the number of adaptation steps does not matter.
+
+Support and query are embedded in **one batch**, in training and in evaluation, as in the
+authors' code: with batch-statistics BatchNorm the embedding of an example depends on its batch,
+and a 1-shot support set alone would be a batch of ``n_way`` images. So evaluation adapts with
+:meth:`ProtoNet.adapt_to` and scores with :meth:`ProtoNet.predict`, which both see the task's
+support and query inputs (never the query labels).
+
+Settings (paper section 3.1; the authors' code ``jakesnell/prototypical-networks``) against
+fedmeta's defaults:
+
+==================  ===============================  ========================================
+setting             paper                            fedmeta default (reason if different)
+==================  ===============================  ========================================
+optimiser           Adam, lr 0.001                   Adam, lr 0.001
+lr schedule         halved every 2000 episodes       none (a federated run's rounds are short;
+                                                     set a server optimiser instead)
+training ways       60 (Omniglot), 5 queries/class   ``task.n-way`` and ``task.query``: a
+                                                     hospital holds too few classes for 60-way
+support and query   one embedding batch              one embedding batch
+==================  ===============================  ========================================
 """
 
 from __future__ import annotations
@@ -37,11 +57,17 @@ def squared_distances(feats: Tensor, protos: Tensor) -> Tensor:
 class ProtoNet(Learner):
     """Metric-based meta-learning: only the embedding is trained; the head is set by adapt."""
 
+    def joint_features(self, params: Params, task: Task) -> tuple[Tensor, Tensor]:
+        """Support and query embeddings from one batch (support first)."""
+        feats = self.features(params, torch.cat([task.support_x, task.query_x]))
+        return feats[: len(task.support_x)], feats[len(task.support_x) :]
+
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:
         """Gradient of the query cross-entropy of ``-squared distance`` logits (the head is
         unused, so its gradient is zero)."""
-        protos = prototypes(self.features(params, task.support_x), task.support_y, n_way_of(task))
-        logits = -squared_distances(self.features(params, task.query_x), protos)
+        support, query = self.joint_features(params, task)
+        protos = prototypes(support, task.support_y, n_way_of(task))
+        logits = -squared_distances(query, protos)
         loss = F.cross_entropy(logits, task.query_y)
         grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
         out = {
@@ -53,11 +79,13 @@ class ProtoNet(Learner):
     def batch_gradient(self, params: Params, tasks: TaskStack) -> tuple[Params, dict[str, float]]:
         """:meth:`task_gradient`'s mean over stacked tasks: every task's prototypes at once."""
         shared = expand(params, tasks.size)
-        support = features_tasks(self.model, shared, tasks.support_x)
+        n_support = tasks.support_x.shape[1]
+        joint = torch.cat([tasks.support_x, tasks.query_x], dim=1)
+        feats = features_tasks(self.model, shared, joint)
+        support, query = feats[:, :n_support], feats[:, n_support:]
         onehot = F.one_hot(tasks.support_y, tasks.n_way).to(support.dtype)
         counts = onehot.sum(1).clamp_min(1)
         protos = torch.bmm(onehot.transpose(1, 2), support) / counts[..., None]
-        query = features_tasks(self.model, shared, tasks.query_x)
         logits = -((query[:, :, None, :] - protos[:, None, :, :]) ** 2).sum(-1)
         loss = task_losses(F.cross_entropy, logits, tasks.query_y).mean()
         grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
@@ -79,11 +107,29 @@ class ProtoNet(Learner):
         steps: int | None = None,
         lr: float | None = None,
     ) -> Params:
-        """Prototypes of the support set, written into the head (``steps``/``lr`` unused)."""
+        """Prototypes of the support set ``(x, y)`` embedded on its own, written into the head
+        (``steps``/``lr`` unused). Evaluation uses :meth:`adapt_to`, which embeds the support
+        set together with the query inputs."""
         with torch.no_grad():
-            protos = prototypes(self.features(params, x), y, int(y.max()) + 1)
+            return self.with_prototypes(params, self.features(params, x), y)
+
+    def with_prototypes(self, params: Params, support: Tensor, y: Tensor) -> Params:
+        """``params`` with the head set from the prototypes of embedded ``support``."""
+        protos = prototypes(support, y, int(y.max()) + 1)
         return {
             **{k: v.detach() for k, v in params.items()},
             HEAD[0]: 2 * protos,
             HEAD[1]: -(protos**2).sum(-1),
         }
+
+    def adapt_to(self, params: Params, task: Task, steps: int | None = None) -> Params:
+        """The head from prototypes of the support set, embedded in one batch with the query
+        inputs (the query labels are not used)."""
+        with torch.no_grad():
+            support, _ = self.joint_features(params, task)
+            return self.with_prototypes(params, support, task.support_y)
+
+    def predict(self, params: Params, task: Task) -> Tensor:
+        """Query logits from the joint support-and-query embedding and ``params``' head."""
+        _, query = self.joint_features(params, task)
+        return F.linear(query, params[HEAD[0]], params[HEAD[1]])

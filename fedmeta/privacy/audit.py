@@ -80,9 +80,9 @@ def example_losses(
     out = []
     for task in tasks:
         start = learner.eval_start(params, task)
-        adapted = learner.adapt(start, task.support_x, task.support_y, steps=steps)
+        adapted = learner.adapt_to(start, task, steps=steps)
         with torch.no_grad():
-            pred = learner.forward(adapted, task.query_x)
+            pred = learner.predict(adapted, task)
             y = task.query_y
             out += [float(kind.loss(pred[i : i + 1], y[i : i + 1])) for i in range(len(pred))]
     return np.asarray(out, dtype=np.float64)

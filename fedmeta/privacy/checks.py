@@ -40,6 +40,11 @@ def check_privacy(sc: Scenario) -> None:
                 f"{what} cannot be added to it; use one of: "
                 f"{_supporting(STRATEGIES, 'mean_aggregation')}"
             )
+    if p.central_dp and not strategy.uniform(sc.strategy.options):
+        raise FedmetaError(
+            "strategy.weight = 'examples' with privacy.central: the DP noise is calibrated to "
+            "replies that count the same; set strategy.weight = 'uniform'"
+        )
     if p.central_dp and sc.train.dropout > 0:
         raise FedmetaError(
             f"train.dropout = {sc.train.dropout} with privacy.central: the DP noise is "

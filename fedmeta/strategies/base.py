@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from fedmeta.options import Options
 from fedmeta.registry import Registry
+
+
+class MeanOptions(Options):
+    """Options of a strategy whose aggregate is a weighted mean of the replies.
+
+    Attributes
+    ----------
+    weight : str
+        ``"uniform"`` (default): every reply counts the same. ``"examples"``: replies are
+        weighted by the client's number of examples (``num-examples``). McMahan et al. (2017)
+        weight client ``k`` by ``n_k`` because with ``E`` local epochs of batch size ``B`` it
+        takes ``E n_k / B`` local steps: the weights follow the work done. A fedmeta client
+        takes ``learner.local-steps`` meta-steps whatever its shard size, so FedAvg's own rule
+        gives every reply the same weight; weighting by examples would, under ``quantity-skew``,
+        tilt the aggregate towards data-rich hospitals without their having done more steps.
+        ``"examples"`` remains available for that purpose. Central DP requires ``"uniform"``.
+    """
+
+    weight: Literal["examples", "uniform"] = "uniform"
 
 
 class StrategySpec:
@@ -29,7 +48,14 @@ class StrategySpec:
 
     @classmethod
     def kwargs(cls, options: Options) -> dict[str, Any]:
-        return {cls.renames.get(f, f): getattr(options, f) for f in type(options).model_fields}
+        """The Flower constructor's keyword arguments (fedmeta's own ``weight`` excluded)."""
+        fields = [f for f in type(options).model_fields if f not in MeanOptions.model_fields]
+        return {cls.renames.get(f, f): getattr(options, f) for f in fields}
+
+    @staticmethod
+    def uniform(options: Options) -> bool:
+        """Whether replies are weighted equally (always, for aggregates that are no mean)."""
+        return getattr(options, "weight", "uniform") == "uniform"
 
 
 STRATEGIES: Registry[type[StrategySpec]] = Registry("strategy", package="fedmeta.strategies")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedmeta.options import Options
-from fedmeta.strategies.base import STRATEGIES, StrategySpec
+from fedmeta.strategies.base import STRATEGIES, MeanOptions, StrategySpec
 
 
-class FedAvgOptions(Options):
+class FedAvgOptions(MeanOptions):
     pass
 
 
@@ -25,7 +24,7 @@ class FedAvgSpec(StrategySpec):
     Options = FedAvgOptions
 
 
-class FedAvgMOptions(Options):
+class FedAvgMOptions(MeanOptions):
     server_lr: float = Field(1.0, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
 
@@ -38,7 +37,7 @@ class FedAvgMSpec(StrategySpec):
     state = ("current_arrays", "momentum_vector")
 
 
-class FedAdamOptions(Options):
+class FedAdamOptions(MeanOptions):
     eta: float = Field(1e-2, gt=0)
     beta_1: float = Field(0.9, ge=0, lt=1)
     beta_2: float = Field(0.99, ge=0, lt=1)
@@ -52,7 +51,7 @@ class FedAdamSpec(StrategySpec):
     state = ("current_arrays", "m_t", "v_t")
 
 
-class FedProxOptions(Options):
+class FedProxOptions(MeanOptions):
     proximal_mu: float = Field(0.01, ge=0)
 
 

@@ -55,7 +55,7 @@ def _fedprox(sc: Scenario) -> dict:
 def _local_only(sc: Scenario) -> dict:
     """No federation: rounds = 0; a new client trains from the initialisation with at least
     20 SGD steps."""
-    steps = max(20, sc.learner.options.eval_inner_steps)
+    steps = max(20, sc.learner.options.eval_inner_steps or sc.learner.options.inner_steps)
     return {"learner": {"name": "local-only", "eval-inner-steps": steps}, "train": {"rounds": 0}}
 
 
