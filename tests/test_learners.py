@@ -609,3 +609,16 @@ def test_a_kept_outer_optimizer_continues_across_local_updates():
         assert (OUTER_STATE in ctx.state) == (state == "keep")
         results[state] = got[1]["weight"]
     assert (results["keep"] - results["reset"]).abs().max() > 1e-6
+
+
+def test_perfedavg_batch_size_is_checked_against_the_scenarios_tasks(tiny_raw):
+    """Validation refuses batches that cannot fit three times in a task (one line, the key)."""
+    from fedmeta.errors import FedmetaError
+    from fedmeta.scenario import scenario_from_dict
+
+    tiny_raw["learner"] = {"name": "perfedavg-hf", "batch-size": 4}  # 3-way 1-shot 2 query: 9
+    with pytest.raises(FedmetaError, match="set learner.batch-size to at most 3") as err:
+        scenario_from_dict(tiny_raw)
+    assert "\n" not in str(err.value)
+    tiny_raw["learner"]["batch-size"] = 3
+    assert scenario_from_dict(tiny_raw).learner.options.batch_size == 3

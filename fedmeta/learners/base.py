@@ -181,6 +181,11 @@ class Learner:
         or a kept outer optimizer."""
         return cls.stateful or getattr(options, "outer_state", "reset") == "keep"
 
+    @classmethod
+    def check_task(cls, options: LearnerConfig, task) -> None:
+        """Refuse, with one :class:`~fedmeta.errors.FedmetaError` line, options that the
+        scenario's episodes (``task``: n-way, k-shot, query) cannot serve. Nothing by default."""
+
     def __init__(
         self,
         model: nn.Module,

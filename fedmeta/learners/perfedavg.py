@@ -31,6 +31,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from fedmeta.errors import FedmetaError
 from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, sgd_step
 from fedmeta.tasks import Task
 
@@ -103,6 +104,18 @@ class PerFedAvgFO(Learner):
 
     Options = PerFedAvgConfig
     hessian_free: ClassVar[bool] = False
+
+    @classmethod
+    def check_task(cls, options: PerFedAvgConfig, task) -> None:
+        """Three disjoint batches must fit in one task's pooled examples."""
+        pooled = task.n_way * (task.k_shot + task.query)
+        if options.batch_size is not None and 3 * options.batch_size > pooled:
+            raise FedmetaError(
+                f"learner.batch-size = {options.batch_size} but a task has {pooled} examples "
+                f"(n-way x (k-shot + query)) for 3 disjoint batches; set learner.batch-size to "
+                f"at most {pooled // 3}"
+            )
+
     supports_example_dp: ClassVar[bool] = True
 
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:

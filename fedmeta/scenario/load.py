@@ -146,6 +146,9 @@ def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
         fields[table] = Named(name=name, options=opts)
     scenario = Scenario(**fields)
     check_privacy(scenario)
+    NAMED_TABLES["learner"].get(scenario.learner.name).check_task(
+        scenario.learner.options, scenario.task
+    )
     return scenario
 
 
