@@ -108,20 +108,20 @@ def features_tasks(model: nn.Module, params: Params, x: Tensor) -> Tensor:
     """Per-task embeddings ``(T, N, D)`` of ``x`` ``(T, N, ...)`` under stacked ``params``
     (each ``(T, *shape)``, keyed like ``model``'s parameters)."""
     t, n = x.shape[:2]
-    h = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:]) if x.dim() == 5 else x
     stacked = x.dim() == 5  # channel-stacked image layout (N, T*C, H, W) until Flatten
-    if stacked:
-        h = h.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
+    h = x
+    if stacked:  # channels-last: faster CPU convolutions
+        h = x.transpose(0, 1).reshape(n, t * x.shape[2], *x.shape[3:])
+        h = h.contiguous(memory_format=torch.channels_last)
     for i, layer in enumerate(model.features):
         weight, bias = (params.get(f"features.{i}.{name}") for name in ("weight", "bias"))
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, _SPATIAL):
             w, b = _per_task(weight), _per_task(bias)
+        if isinstance(layer, nn.Conv2d):
             h = F.conv2d(h, w, b, layer.stride, layer.padding, layer.dilation, groups=t)
         elif isinstance(layer, nn.BatchNorm2d):
-            w, b = _per_task(weight), _per_task(bias)
             h = F.batch_norm(h, None, None, w, b, training=True, eps=layer.eps)
         elif isinstance(layer, nn.GroupNorm):
-            w, b = _per_task(weight), _per_task(bias)
             h = F.group_norm(h, t * layer.num_groups, w, b, layer.eps)
         elif isinstance(layer, nn.Flatten):
             h = h.reshape(n, t, -1).transpose(0, 1) if stacked else h.flatten(2)

@@ -26,15 +26,13 @@ def pool_heldout_metrics(contents: list[RecordDict]) -> MetricRecord:
             if key in record:
                 groups.setdefault(key, []).append([float(v) for v in record[key]])
     out = MetricRecord()
-    pooled: dict[str, list[float]] = {}
     for key, per_client in groups.items():
         mean, ci, method = clustered_ci95(per_client)
-        pooled[key] = [v for g in per_client for v in g]
         out[key] = mean
         out[f"{key}-ci95"] = ci
-        out[f"{key}-ci95-tasks"] = mean_ci95(pooled[key])[1]
+        out[f"{key}-ci95-tasks"] = mean_ci95([v for g in per_client for v in g])[1]
         out[f"{key}-per-client"] = [float(np.mean(g)) for g in per_client]
-        out["ci-over-clients"] = int(method == CLIENT_CI)
-    out["num-tasks"] = len(next(iter(pooled.values()), []))
+        out["ci-over-clients"] = int(method == CLIENT_CI)  # the same for every key
+    out["num-tasks"] = sum(len(g) for g in next(iter(groups.values()), []))
     out["num-clients"] = len(contents)
     return out

@@ -78,8 +78,8 @@ def connect(
                     partition_of[node] = pid
                     held.add(pid)
             for node in silent:
-                attempts[node] = attempts.get(node, 1) + 1
-                if attempts[node] > QUERY_ATTEMPTS:
+                attempts[node] = attempts.get(node, 0) + 1  # unanswered asks so far
+                if attempts[node] >= QUERY_ATTEMPTS:
                     raise ClientFailure(
                         f"node {node} did not answer the partition query {QUERY_ATTEMPTS} times "
                         f"(the SuperLink reports it unavailable); check that SuperNode's log"
