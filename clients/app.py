@@ -102,6 +102,7 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(config[PROXIMAL_MU]) if PROXIMAL_MU in config else 0.0,
         state={key: exp.to_device(tensors) for key, tensors in state.items()},
         sample_rate=exp.sampler(pid).inclusion_probability(),
+        server_round=rnd,
     )
     new_params, metrics = exp.local_learner.local_update(params, sample, ctx)
     if store is not None and ctx.state:

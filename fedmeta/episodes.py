@@ -60,6 +60,7 @@ class EpisodeSampler:
         who: str = "client",
         skew: ClientSkew | None = None,
         sorted_labels: bool = False,
+        way_key: str = "task.n-way",
     ) -> None:
         self.source, self.shard, self.skew = source, shard, skew
         self.sorted_labels = sorted_labels
@@ -71,7 +72,7 @@ class EpisodeSampler:
         if len(self.eligible) < n_way:
             raise FedmetaError(
                 f"{who} has {len(self.eligible)} classes with at least k-shot + query = {need} "
-                f"examples, but task.n-way = {n_way}; lower task.n-way, task.k-shot or "
+                f"examples, but {way_key} = {n_way}; lower {way_key}, task.k-shot or "
                 f"task.query, or give clients more data (partition settings, fewer clients)"
             )
 

@@ -133,29 +133,34 @@ class Experiment:
         return self._audit_split(partition_id)[1]
 
     def sampler(self, partition_id: int, query: int | None = None) -> EpisodeSampler:
-        """The client's episode sampler (``query`` examples per class; default ``task.query``)."""
+        """The client's episode sampler (``query`` examples per class; default ``task.query``):
+        ``task.train-way`` ways for a training client, ``task.n-way`` for a held-out one."""
         query = query or self.scenario.task.query
         key = (partition_id, query)
         return self._samplers.get_or_make(key, lambda: self._new_sampler(partition_id, query))
 
     def _new_sampler(self, partition_id: int, query: int) -> EpisodeSampler:
         t = self.scenario.task
-        role = "held-out" if self.is_heldout(partition_id) else "training"
+        held = self.is_heldout(partition_id)
+        role = "held-out" if held else "training"
+        n_way, way_key = t.n_way, "task.n-way"
+        if not held and t.train_way is not None:
+            n_way, way_key = t.train_way, "task.train-way"
         skew = None
         if self.scenario.skew.active:
-            held = self.is_heldout(partition_id)
             index = partition_id - self.scenario.clients.train if held else partition_id
             rng = rng_for(self.scenario.seed, Stream.SKEW, int(held), index)
             skew = ClientSkew.draw(self.scenario.skew, rng, held)
         return EpisodeSampler(
             self.source,
             self.shard(partition_id),
-            t.n_way,
+            n_way,
             t.k_shot,
             query,
             who=f"{role} client {partition_id}",
             skew=skew,
             sorted_labels=t.label_order == "sorted",
+            way_key=way_key,
         )
 
     def eval_tasks(self, partition_id: int) -> list[Task]:
@@ -184,7 +189,7 @@ class Experiment:
         sampler = self.sampler(partition_id)
         adv = self.scenario.adversary
         if partition_id in self.byzantine and adv.attack == "label-flip":
-            n_way = self.scenario.task.n_way
+            n_way = self.scenario.task.training_way
             return lambda n: [
                 flip_query_labels(t, n_way).to(self.device) for t in sampler.sample(rng, n)
             ]

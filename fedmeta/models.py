@@ -37,12 +37,20 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}")
 
 
-class Conv4Options(Options):
+class RelationOptions(Options):
+    relation_module: bool = False
+    """Add a relation module (Sung et al., 2018) that scores the concatenated embeddings of a
+    (class, query) pair; the Relation Network learner needs it."""
+    relation_hidden: int = Field(8, ge=1)
+    """Units of the relation module's hidden fully connected layer (8 in the paper)."""
+
+
+class Conv4Options(RelationOptions):
     width: int = Field(64, ge=1)
     norm: Literal["batch", "group", "none"] = "batch"
 
 
-class MLPOptions(Options):
+class MLPOptions(RelationOptions):
     hidden: tuple[int, ...] = (40, 40)
 
 
@@ -71,7 +79,13 @@ class Conv4(nn.Module):
         return options.norm == "batch"
 
     def __init__(
-        self, in_shape: tuple[int, ...], n_way: int, width: int = 64, norm: str = "batch"
+        self,
+        in_shape: tuple[int, ...],
+        n_way: int,
+        width: int = 64,
+        norm: str = "batch",
+        relation_module: bool = False,
+        relation_hidden: int = 8,
     ) -> None:
         super().__init__()
         if len(in_shape) != 3:
@@ -83,6 +97,24 @@ class Conv4(nn.Module):
             c, h, w = width, (h + 1) // 2, (w + 1) // 2
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(c * h * w, n_way)
+        self.feature_map = (c, h, w)
+        """The shape of one embedding before ``features`` flattens it."""
+        if relation_module:
+            # Sung et al.'s relation module: two conv blocks on the concatenated (2c, h, w)
+            # maps, then FC-ReLU-FC to one score. Their max-pools are left out: the maps of a
+            # stride-2 Conv4 on 28x28 are already 2x2.
+            self.relation = nn.Sequential(
+                nn.Conv2d(2 * c, c, 3, padding=1),
+                _norm(norm, c),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=1),
+                _norm(norm, c),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(c * h * w, relation_hidden),
+                nn.ReLU(),
+                nn.Linear(relation_hidden, 1),
+            )
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -100,7 +132,12 @@ class MLP(nn.Module):
         return False
 
     def __init__(
-        self, in_shape: tuple[int, ...], n_way: int, hidden: tuple[int, ...] = (40, 40)
+        self,
+        in_shape: tuple[int, ...],
+        n_way: int,
+        hidden: tuple[int, ...] = (40, 40),
+        relation_module: bool = False,
+        relation_hidden: int = 8,
     ) -> None:
         super().__init__()
         sizes = [math.prod(in_shape), *hidden]
@@ -109,6 +146,13 @@ class MLP(nn.Module):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(sizes[-1], n_way)
+        self.feature_map = (sizes[-1],)
+        if relation_module:  # a fully connected relation module on concatenated embeddings
+            self.relation = nn.Sequential(
+                nn.Linear(2 * sizes[-1], relation_hidden),
+                nn.ReLU(),
+                nn.Linear(relation_hidden, 1),
+            )
 
     def forward(self, x):
         return self.head(self.features(x))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import tomli_w
 
 from fedmeta.errors import FedmetaError
+from fedmeta.tracking import TB_DIR, TensorBoardLog
 
 if TYPE_CHECKING:
     import torch
@@ -62,10 +63,22 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 
 class RunDir:
-    """Reads and writes one run directory."""
+    """Reads and writes one run directory.
 
-    def __init__(self, path: str | Path) -> None:
+    Parameters
+    ----------
+    path : str or Path
+        The run directory.
+    tb_dir : str or Path, optional
+        Where the run's TensorBoard events go once :meth:`open_tracking` is called; by default
+        ``<path>/tb`` (a study puts its cells under one folder, named so that TensorBoard
+        overlays them).
+    """
+
+    def __init__(self, path: str | Path, tb_dir: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.tb_dir = Path(tb_dir) if tb_dir is not None else self.path / TB_DIR
+        self._tracker: TensorBoardLog | None = None
 
     @property
     def metrics_path(self) -> Path:
@@ -87,6 +100,19 @@ class RunDir:
                 f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self._tracker is not None:
+            self._tracker.log(server_round, phase, metrics)
+
+    def open_tracking(self, first_round: int) -> None:
+        """Mirror the records of ``first_round`` on to TensorBoard (:mod:`fedmeta.tracking`);
+        events an earlier process left for those rounds are purged."""
+        self.close_tracking()
+        self._tracker = TensorBoardLog(self.tb_dir, first_round)
+
+    def close_tracking(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every record; a torn last line (a kill during :meth:`append_metrics`) is left out

@@ -150,12 +150,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def _execute(scenario, out: Path) -> int:
     from fedmeta.results import RunDir
+    from fedmeta.tracking import tensorboard_command
     from runner.progress import RichProgress
     from runner.simulation import simulate
 
     run_dir = RunDir(out)
     run_dir.write_scenario(scenario.to_toml())
     print(f"fedmeta: running {scenario.name!r} -> {out}", file=sys.stderr)
+    print(f"live curves: {tensorboard_command(run_dir.tb_dir)}", file=sys.stderr)
     try:
         summary = simulate(scenario, run_dir, RichProgress(scenario.name))
     except KeyboardInterrupt:
@@ -188,6 +190,7 @@ def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
     from fedmeta.scenario import read_scenario
     from fedmeta.study.plan import plan_study
     from fedmeta.study.report import write_report
+    from fedmeta.tracking import TB_DIR, tensorboard_command
     from runner.progress import RichProgress
     from runner.study import run_study
 
@@ -199,6 +202,7 @@ def _run_study(args: argparse.Namespace, kind: str, params: dict) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{kind}-{study.name}-{stamp}"
     total, t0 = len(study.cells), time.monotonic()
     print(f"fedmeta: {kind} {study.name!r}: {total} runs -> {out}", file=sys.stderr)
+    print(f"live curves: {tensorboard_command(out / TB_DIR)}", file=sys.stderr)
 
     started: list[int] = []  # runs started by this invocation (a resumed study skips some)
 
@@ -313,9 +317,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario, args.set)
     exp = _preflight(sc)
     sizes = [s.size for s in exp.layout.train]
+    wider = f" (training {sc.task.train_way}-way)" if sc.task.train_way else ""
     print(
         f"ok: {sc.name}: {sc.data.name} ({exp.source.num_classes} classes), "
-        f"{sc.task.n_way}-way {sc.task.k_shot}-shot, {sc.clients.train} training clients "
+        f"{sc.task.n_way}-way {sc.task.k_shot}-shot{wider}, {sc.clients.train} training clients "
         f"({min(sizes)}-{max(sizes)} examples each) + {sc.clients.heldout} held-out, "
         f"learner {sc.learner.name}, strategy {sc.strategy.name}, {sc.train.rounds} rounds"
     )

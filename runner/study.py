@@ -23,7 +23,7 @@ def run_study(study: Study, out: Path, progress_for: Callable[[int, Cell], Any])
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, study.manifest())
     for i, (cell, scenario) in enumerate(study.cells, 1):
-        run = cell_run(out, cell.dirname)
+        run = cell_run(out, cell.dirname, cell.tb_name)
         if not (run.path / "summary.json").exists():
             run.write_scenario(scenario.to_toml())
             simulate(scenario, run, progress_for(i, cell))

@@ -122,6 +122,7 @@ class RoundLoop:
         ckpt = self.run_dir.load_checkpoint()
         last = -1 if ckpt is None else ckpt["counters"]["round"]
         torn = self.run_dir.truncate_metrics(last)
+        self.run_dir.open_tracking(last + 1)
         if torn is not None:
             log.warning("metrics.jsonl: dropped a torn last line (the run was killed): %.60s", torn)
         if ckpt is None:
@@ -144,6 +145,12 @@ class RoundLoop:
 
     def run(self) -> dict[str, Any]:
         """Train to ``train.rounds`` (or ``train.max-seconds``); returns the summary dict."""
+        try:
+            return self._rounds()
+        finally:
+            self.run_dir.close_tracking()
+
+    def _rounds(self) -> dict[str, Any]:
         sc, state = self.exp.scenario, self.state
         self.progress.start(sc.train.rounds, state["round"] + 1)
         t_resume = time.monotonic() - state["wall"]

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from fedmeta.errors import FedmetaError
 from fedmeta.evaluate import evaluate_tasks
 from fedmeta.experiment import build_experiment, data_loads, experiment_from_json
 from fedmeta.scenario import scenario_from_dict
@@ -58,3 +59,26 @@ def test_evaluation_reports_pre_and_post_per_task(tiny_raw):
     still = evaluate_tasks(exp.learner, exp.initial_params(), tasks, exp.source.kind, steps=0)
     assert still["query-acc-post"] == still["query-acc-pre"] == out["query-acc-pre"]
     assert still["query-loss-post"] == still["query-loss-pre"] == out["query-loss-pre"]
+
+
+def test_train_way_widens_training_episodes_only(tiny_raw):
+    """``task.train-way`` (ProtoNet's wider training episodes, Snell et al. 2017): training
+    clients sample train-way tasks; held-out evaluation keeps task.n-way."""
+    tiny_raw["learner"] = {"name": "protonet", "local-steps": 1, "tasks-per-step": 2}
+    tiny_raw["task"]["train-way"] = 5
+    exp = build_experiment(scenario_from_dict(tiny_raw), check_all=True)
+    tasks = exp.train_sampler(0, 1)(2)
+    assert [len(t.support_y.unique()) for t in tasks] == [5, 5]
+    assert all(len(t.support_y.unique()) == 3 for t in exp.eval_tasks(4))
+    params, metrics = exp.learner.local_update(exp.initial_params(), exp.train_sampler(0, 1))
+    assert metrics["train-loss"] > 0 and params.keys() == exp.initial_params().keys()
+
+
+def test_train_way_refused_for_a_fixed_head_and_for_small_clients(tiny_raw):
+    tiny_raw["task"]["train-way"] = 5
+    with pytest.raises(FedmetaError, match=r"task\.train-way = 5 but learner\.name = 'fomaml'"):
+        scenario_from_dict(tiny_raw)
+    tiny_raw["learner"] = {"name": "protonet"}
+    tiny_raw["task"]["train-way"] = 30
+    with pytest.raises(FedmetaError, match=r"but task\.train-way = 30; lower task\.train-way"):
+        build_experiment(scenario_from_dict(tiny_raw), check_all=True)

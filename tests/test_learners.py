@@ -622,3 +622,35 @@ def test_perfedavg_batch_size_is_checked_against_the_scenarios_tasks(tiny_raw):
     assert "\n" not in str(err.value)
     tiny_raw["learner"]["batch-size"] = 3
     assert scenario_from_dict(tiny_raw).learner.options.batch_size == 3
+
+
+def test_outer_lr_halves_every_n_rounds():
+    """``outer-lr-halving = 2``: rounds 1-2 step with outer-lr, rounds 3-4 with half of it, 5
+    with a quarter (SGD, so the step is exactly proportional to the rate)."""
+    from fedmeta.learners.base import LocalContext
+
+    gen = torch.Generator().manual_seed(5)
+    model = nn.Linear(3, 1).double()
+    batch = [linear_task(gen) for _ in range(2)]
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    learner = make(
+        "fedavg",
+        model,
+        F.mse_loss,
+        local_steps=1,
+        tasks_per_step=2,
+        outer_lr=0.1,
+        outer_optimizer="sgd",
+        outer_lr_halving=2,
+    )
+    steps = {
+        rnd: learner.local_update(start, stream([batch]), LocalContext(server_round=rnd))[0][
+            "weight"
+        ]
+        - start["weight"]
+        for rnd in (1, 2, 3, 5)
+    }
+    assert steps[1].abs().sum() > 0 and torch.equal(steps[1], steps[2])
+    torch.testing.assert_close(steps[3], steps[1] / 2, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(steps[5], steps[1] / 4, rtol=1e-12, atol=1e-15)
+    assert learner.cfg.outer_lr_at(0) == 0.1 and learner.cfg.outer_lr_at(4) == 0.05

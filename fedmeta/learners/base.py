@@ -70,6 +70,9 @@ class LearnerConfig(Options):
         Inner-loop (adaptation) learning rate.
     outer_lr : float
         Learning rate of the client's local outer optimizer.
+    outer_lr_halving : int or None
+        Halve ``outer_lr`` every this many server rounds, a step schedule (Snell et al. halve
+        ProtoNet's rate every 2000 episodes); ``None`` keeps it constant.
     outer_optimizer : str
         ``"adam"`` or ``"sgd"``, the client's local outer optimizer.
     outer_state : str
@@ -91,10 +94,18 @@ class LearnerConfig(Options):
     inner_steps: int = Field(1, ge=0)
     inner_lr: float = Field(0.4, ge=0)
     outer_lr: float = Field(1e-3, gt=0)
+    outer_lr_halving: int | None = Field(None, ge=1)
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_state: Literal["reset", "keep"] = "reset"
     eval_inner_steps: int = Field(3, ge=0)
     batch_tasks: bool = True
+
+    def outer_lr_at(self, server_round: int) -> float:
+        """The outer learning rate of a local update in ``server_round`` (rounds count from
+        1): ``outer_lr``, halved every ``outer_lr_halving`` rounds."""
+        if self.outer_lr_halving is None or server_round < 1:
+            return self.outer_lr
+        return self.outer_lr * 0.5 ** ((server_round - 1) // self.outer_lr_halving)
 
 
 @dataclass
@@ -114,6 +125,9 @@ class LocalContext:
 
     proximal_mu: float = 0.0
     state: dict[str, Params] = field(default_factory=dict)
+    server_round: int = 0
+    """The round this local update belongs to (the outer learning rate's schedule reads it;
+    0 outside a run)."""
     sample_rate: float = 0.0
     """The largest chance that one of the client's tasks contains a given example (DP-SGD's
     sampling rate; see :meth:`fedmeta.episodes.EpisodeSampler.inclusion_probability`)."""
@@ -174,6 +188,14 @@ class Learner:
     supports_example_dp: ClassVar[bool] = False
     """Whether every gradient the local update takes on data is a first-order
     :meth:`value_and_grad` call, which DP-SGD (:mod:`fedmeta.privacy.dpsgd`) can replace."""
+
+    any_way: ClassVar[bool] = False
+    """If true, adaptation sets the head from the support set, so training episodes may have
+    more ways than evaluation's (``task.train-way``)."""
+
+    model_needs: ClassVar[dict[str, object]] = {}
+    """Model options this learner needs, as ``{option: value}`` (the Relation Network needs
+    ``relation_module=True``); scenario validation refuses a model without them."""
 
     @classmethod
     def keeps_state(cls, options: LearnerConfig) -> bool:
@@ -311,7 +333,8 @@ class Learner:
         mu = ctx.proximal_mu if ctx is not None else 0.0
         anchor = {k: v.detach() for k, v in params.items()}
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        opt = OUTER_OPTIMIZERS[self.cfg.outer_optimizer](leaves.values(), lr=self.cfg.outer_lr)
+        lr = self.cfg.outer_lr_at(ctx.server_round if ctx is not None else 0)
+        opt = OUTER_OPTIMIZERS[self.cfg.outer_optimizer](leaves.values(), lr=lr)
         keep = self.cfg.outer_state == "keep" and ctx is not None
         if keep and OUTER_STATE in ctx.state:
             load_optimizer_tensors(opt, ctx.state[OUTER_STATE])

@@ -25,8 +25,9 @@ setting             paper                            fedmeta default (reason if 
 optimiser           Adam, lr 0.001                   Adam, lr 0.001
 lr schedule         halved every 2000 episodes       none (a federated run's rounds are short;
                                                      set a server optimiser instead)
-training ways       60 (Omniglot), 5 queries/class   ``task.n-way`` and ``task.query``: a
-                                                     hospital holds too few classes for 60-way
+training ways       60 (Omniglot), 5 queries/class   ``task.train-way`` (default ``n-way``)
+                                                     and ``task.query``; a hospital may hold
+                                                     fewer than 60 classes
 support and query   one embedding batch              one embedding batch
 ==================  ===============================  ========================================
 """
@@ -56,6 +57,8 @@ def squared_distances(feats: Tensor, protos: Tensor) -> Tensor:
 @LEARNERS.register("protonet", help="ProtoNet (Snell et al., 2017): federated embedding")
 class ProtoNet(Learner):
     """Metric-based meta-learning: only the embedding is trained; the head is set by adapt."""
+
+    any_way = True
 
     def joint_features(self, params: Params, task: Task) -> tuple[Tensor, Tensor]:
         """Support and query embeddings from one batch (support first)."""

@@ -9,6 +9,7 @@ offending key and the fix.
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +147,23 @@ def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
         fields[table] = Named(name=name, options=opts)
     scenario = Scenario(**fields)
     check_privacy(scenario)
-    NAMED_TABLES["learner"].get(scenario.learner.name).check_task(
-        scenario.learner.options, scenario.task
-    )
+    learner = NAMED_TABLES["learner"].get(scenario.learner.name)
+    task = scenario.task
+    if task.training_way != task.n_way and not learner.any_way:
+        raise FedmetaError(
+            f"task.train-way = {task.train_way} but learner.name = {scenario.learner.name!r} "
+            f"has a fixed {task.n_way}-way head; remove task.train-way, or use a learner that "
+            f"sets its head from the support set (protonet)"
+        )
+    for option, value in learner.model_needs.items():
+        if getattr(scenario.model.options, option, None) != value:
+            key = f"model.{kebab(option)}"
+            raise FedmetaError(
+                f"learner.name = {scenario.learner.name!r} needs {key} = "
+                f"{json.dumps(value)} (got model.name = {scenario.model.name!r} without it); "
+                f"add it to [model]"
+            )
+    learner.check_task(scenario.learner.options, task)
     return scenario
 
 

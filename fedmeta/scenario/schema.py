@@ -30,6 +30,15 @@ class TaskOptions(Options):
     k_shot: int = Field(1, ge=1)
     query: int = Field(15, ge=1)
     label_order: Literal["random", "sorted"] = "random"
+    train_way: int | None = Field(None, ge=1)
+    """Ways of the training episodes (default ``n_way``; held-out evaluation always uses
+    ``n_way``). Only for learners that set their head from the support set: Snell et al.
+    (2017) train ProtoNet at 60 ways for 5-way Omniglot tests."""
+
+    @property
+    def training_way(self) -> int:
+        """The ways of a training episode."""
+        return self.train_way or self.n_way
 
 
 class ClientsOptions(Options):

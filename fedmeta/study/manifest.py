@@ -12,6 +12,7 @@ from typing import Any
 
 from fedmeta.errors import FedmetaError
 from fedmeta.results import RunDir, atomic_write_text
+from fedmeta.tracking import TB_DIR
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -36,6 +37,7 @@ def read_manifest(out: Path) -> dict[str, Any]:
         raise FedmetaError(f"{str(out)!r} is not a study directory (no study.json)") from None
 
 
-def cell_run(out: Path, dirname: str) -> RunDir:
-    """The run directory of one cell."""
-    return RunDir(out / "runs" / dirname)
+def cell_run(out: Path, dirname: str, tb_name: str | None = None) -> RunDir:
+    """The run directory of one cell; its TensorBoard events go to ``<out>/tb/<tb_name>``
+    (see :attr:`fedmeta.study.plan.Cell.tb_name`)."""
+    return RunDir(out / "runs" / dirname, out / TB_DIR / tb_name if tb_name else None)

@@ -149,6 +149,13 @@ class Cell:
         extra = "".join(f"_{k.split('.')[-1]}={v}" for k, v in self.params)
         return f"{self.strategy}_seed{self.seed}{extra}"
 
+    @property
+    def tb_name(self) -> str:
+        """The cell's TensorBoard run, ``strategy/seedN[/key=value...]``: TensorBoard groups
+        and overlays runs by these folders."""
+        extra = "".join(f"/{k}={v}".replace(" ", "") for k, v in self.params)
+        return f"{self.strategy}/seed{self.seed}{extra}"
+
     def to_json(self) -> dict:
         return {"strategy": self.strategy, "seed": self.seed, "params": dict(self.params)}
 
