@@ -511,8 +511,13 @@ def test_every_learner_module_registers_a_described_learner():
 
 @pytest.mark.parametrize("name", ALL)
 def test_adaptation_lowers_support_loss(name):
+    if name == "relationnet":
+        pytest.skip(
+            "an untrained relation module scores pairs at random; test_relationnet.py checks "
+            "that adaptation lowers the query loss after meta-training"
+        )
     torch.manual_seed(0)
-    model = MLP((2,), 3, hidden=(8,))
+    model = MLP((2,), 3, hidden=(8,), **LEARNERS.get(name).model_needs)
     t = class_task(torch.Generator().manual_seed(10), (2,), 3, 4, 1)
     sx, sy = t.support_x.float(), t.support_y
     learner = make(name, model, inner_lr=0.1, eval_inner_steps=3)
@@ -524,7 +529,7 @@ def test_adaptation_lowers_support_loss(name):
 @pytest.mark.parametrize("name", ALL)
 def test_local_update_is_detached_and_does_not_mutate_input(name):
     torch.manual_seed(0)
-    model = Conv4((1, 8, 8), 3, width=4, norm="batch")
+    model = Conv4((1, 8, 8), 3, width=4, norm="batch", **LEARNERS.get(name).model_needs)
     gen = torch.Generator().manual_seed(11)
     calls: list[int] = []
 

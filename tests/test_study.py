@@ -13,6 +13,7 @@ import torch
 from matplotlib import image
 
 from fedmeta.experiment import build_experiment
+from fedmeta.learners import LEARNERS
 from fedmeta.study.plan import deep_merge, parse_param, plan_study
 from fedmeta.study.plots import COMPARE_PLOTS
 from runner.cli import run_cli
@@ -60,6 +61,11 @@ def test_strategy_overrides_and_centralized_budget(tiny_raw):
     assert sc["reptile-sgd"].learner.options.outer_optimizer == "sgd"
     assert sc["reptile-sgd"].learner.options.local_steps == 2  # kept from the scenario
     assert sc["maml"].learner.name == "maml"
+    # a strategy that changes the learner keeps the scenario's optimiser (fomaml: Adam), though
+    # Reptile and pFedMe default to SGD; naming one (reptile-sgd) wins
+    study = plan_study(tiny_raw, "compare", ["fedreptile", "pfedme"], seeds=1)
+    assert [s.learner.options.outer_optimizer for _, s in study.cells] == ["adam", "adam"]
+    assert LEARNERS.get("reptile").Options().outer_optimizer == "sgd"
     cen = sc["centralized"]
     assert cen.partition.name == "pooled" and cen.learner.name == "fomaml"
     # one client per round taking the meta-steps of the 2 clients it replaces
@@ -198,11 +204,19 @@ def test_every_comparison_strategy_runs_in_a_flower_simulation(tmp_path, tiny_ra
     """The learners and presets with their own machinery (extra meta-parameters, client state,
     the FedProx config key, zero rounds, pooled data) run end to end in Flower."""
     tiny_raw["train"]["rounds"] = 1
-    tiny_raw["compare"] = {"adapt-steps": [0, 2]}
+    tiny_raw["compare"] = {
+        "adapt-steps": [0, 2],
+        "define": {
+            "relationnet": {"learner": {"name": "relationnet"}, "model": {"relation-module": True}}
+        },
+    }
     path = tmp_path / "s.toml"
     path.write_text(tomli_w.dumps(tiny_raw))
     out = tmp_path / "all"
-    names = "meta-sgd,ditto,fedprox,local-only,centralized,protonet,anil,pfedme,fedavg-ft"
+    names = (
+        "meta-sgd,ditto,fedprox,local-only,centralized,protonet,anil,pfedme,fedavg-ft,"
+        "relationnet,meta-lstm"
+    )
     assert run_cli(["compare", str(path), "--strategies", names, "--out", str(out)]) == 0
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -218,6 +232,7 @@ def test_every_comparison_strategy_runs_in_a_flower_simulation(tmp_path, tiny_ra
     ]
     assert personal and all(math.isfinite(float(r["value"])) for r in personal)
     assert _has_data_pixels(out / "acc_vs_round.png")
+    assert (out / "tb" / "relationnet" / "seed3").is_dir()  # TensorBoard: strategy/seed
 
 
 def test_every_preset_is_listed(capsys):

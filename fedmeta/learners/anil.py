@@ -5,6 +5,20 @@ Understanding the Effectiveness of MAML", ICLR. The inner loop takes ``inner_ste
 on the output layer only, with the support features computed once; the outer loop
 differentiates the query loss through those steps (second order) with respect to every
 parameter. Evaluation likewise adapts only the head.
+
+Settings against fedmeta's defaults. Raghu et al.'s Omniglot experiments are 20-way; they take
+MAML's hyper-parameters, which the authors' code sets per setting (checked there, not in the
+ANIL paper's appendix):
+
+=====================  ============================  ==========================================
+setting                MAML's code, Omniglot         fedmeta default (reason if different)
+=====================  ============================  ==========================================
+inner lr, steps        5-way: 0.4, 1; 20-way: 0.1,   0.4, 1 (the 5-way values; scenarios set
+                       5                             the 20-way ones)
+meta-batch             5-way 32, 20-way 16           4 per local meta-step (see MAML's table)
+outer optimiser        Adam, lr 0.001                Adam, lr 0.001
+steps at test          10                            3 (``eval-inner-steps``)
+=====================  ============================  ==========================================
 """
 
 from __future__ import annotations

@@ -55,6 +55,10 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
 
+OuterOptimizer = Literal["adam", "sgd"]
+"""The names of :data:`OUTER_OPTIMIZERS`, as an option type."""
+
+
 class LearnerConfig(Options):
     """Hyper-parameters of a client's local update and of evaluation-time adaptation.
 
@@ -95,7 +99,7 @@ class LearnerConfig(Options):
     inner_lr: float = Field(0.4, ge=0)
     outer_lr: float = Field(1e-3, gt=0)
     outer_lr_halving: int | None = Field(None, ge=1)
-    outer_optimizer: Literal["adam", "sgd"] = "adam"
+    outer_optimizer: OuterOptimizer = "adam"
     outer_state: Literal["reset", "keep"] = "reset"
     eval_inner_steps: int = Field(3, ge=0)
     batch_tasks: bool = True

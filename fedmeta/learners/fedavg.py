@@ -9,16 +9,37 @@ personalised federated learning (Jiang, Konečný, Rush and Kannan, 2019, "Impro
 Learning Personalization via Model Agnostic Meta Learning") and the transfer-learning baseline of
 few-shot learning (Chen, Liu, Kira, Wang and Huang, 2019, "A Closer Look at Few-shot
 Classification", ICLR).
+
+Settings against fedmeta's defaults (:class:`FedAvgConfig`): McMahan et al. train with SGD at
+a rate searched per model and dataset, so there is no single paper value. fedmeta defaults to
+SGD at 0.05, the rate of the FedAvg solver in Ditto's Fashion-MNIST script
+(``litian96/ditto``); a new client fine-tunes its fresh head with ``eval-inner-steps`` SGD
+steps of ``inner-lr``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, zero_head
+from fedmeta.learners.base import (
+    LEARNERS,
+    Learner,
+    LearnerConfig,
+    OuterOptimizer,
+    Params,
+    zero_head,
+)
 from fedmeta.tasks import LossFn, Task, n_way_of
+
+
+class FedAvgConfig(LearnerConfig):
+    """FedAvg's options: local SGD (McMahan et al.), at Ditto's Fashion-MNIST rate."""
+
+    outer_lr: float = Field(0.05, gt=0)
+    outer_optimizer: OuterOptimizer = "sgd"
 
 
 @LEARNERS.register("fedavg", help="FedAvg: global classifier by local SGD, fine-tune to evaluate")
@@ -37,6 +58,7 @@ class FedAvg(Learner):
     BatchNorm statistics are per task, as at evaluation.
     """
 
+    Options = FedAvgConfig
     global_head = True
     supports_example_dp = True
 

@@ -4,6 +4,9 @@ Finn, Abbeel and Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptatio
 Networks", ICML, section 5.2 ("first-order approximation"). The inner loop is MAML's, but its
 gradients are treated as constants (no ``create_graph``), so the meta-gradient of a task is the
 gradient of its query loss evaluated at the adapted parameters, applied to the meta-parameters.
+
+Settings: the paper's first-order runs use MAML's (section 5.2), and so do fedmeta's defaults;
+see the table in :mod:`fedmeta.learners.maml`.
 """
 
 from __future__ import annotations

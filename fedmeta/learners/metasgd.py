@@ -9,6 +9,19 @@ other: they are sent, aggregated by the server strategy and used at evaluation.
 The rates are learned for ``inner_steps`` steps, and Li et al. test with the single step they
 train; so evaluation adapts for ``inner_steps`` steps too unless the scenario sets
 ``eval-inner-steps``.
+
+Settings against fedmeta's defaults (Li et al. publish no code; the table is from the paper's
+abstract and a port of MAML's code, ``foolyc/Meta-SGD``; the paper's appendix was not at hand):
+
+=====================  ============================  ==========================================
+setting                paper / port                  fedmeta default (reason if different)
+=====================  ============================  ==========================================
+inner steps            1 (train and test)            1, and evaluation uses the trained count
+rate initialisation    uniform in [0.005, 0.1]       ``inner_lr`` (0.4) everywhere: MAML's
+                       (not verified)                Omniglot rate, a known-good start
+meta-batch             32 (port)                     4 per local meta-step (see MAML's table)
+outer optimiser        Adam, lr 0.001 (port)         Adam, lr 0.001
+=====================  ============================  ==========================================
 """
 
 from __future__ import annotations

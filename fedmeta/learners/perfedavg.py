@@ -20,6 +20,20 @@ so with the same seed they share ``D`` and ``D'`` and differ exactly by ``alpha 
 With ``inner_steps = k > 1`` the temporary model takes ``k`` steps ``w_0 = w, ..., w_k`` on
 ``D`` and the HF gradient is ``(I - alpha H(w_0; D'')) ... (I - alpha H(w_{k-1}; D'')) grad
 f(w_k; D')``.
+
+Settings against fedmeta's defaults. The paper's experimental values (alpha, beta, batch sizes)
+were not at hand and there is no official code; the pFedMe authors' reimplementation
+(``CharlieDinh/pFedMe``) uses alpha 0.005-0.03 and beta 0.001-0.003 on MNIST:
+
+=====================  ============================  ==========================================
+setting                paper                         fedmeta default (reason if different)
+=====================  ============================  ==========================================
+outer step (beta)      SGD                           SGD, ``outer-lr`` 0.001 (not verified)
+inner step (alpha)     SGD                           SGD, ``inner-lr`` 0.4 (MAML's Omniglot
+                                                     rate; not verified)
+batches D, D', D''     independent                   disjoint random thirds of a task
+Hessian-vector product exact or finite difference    exact (double backprop)
+=====================  ============================  ==========================================
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ from pydantic import Field
 from torch import Tensor
 
 from fedmeta.errors import FedmetaError
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, sgd_step
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, OuterOptimizer, Params, sgd_step
 from fedmeta.tasks import Task
 
 Batch = tuple[Tensor, Tensor]
@@ -43,6 +57,7 @@ class PerFedAvgConfig(LearnerConfig):
     (``None``: a third of a task's pooled examples)."""
 
     batch_size: int | None = Field(None, ge=1)
+    outer_optimizer: OuterOptimizer = "sgd"
 
 
 def three_batches(task: Task, size: int | None) -> tuple[Batch, Batch, Batch]:

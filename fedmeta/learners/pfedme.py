@@ -11,6 +11,21 @@ the same role as MAML's fast weights; the server's ``beta`` is the server strate
 
 A new client personalises by solving the same proximal problem on its support set with
 ``eval_inner_steps`` steps.
+
+Settings (the authors' code ``CharlieDinh/pFedMe``, README commands for MNIST) against
+fedmeta's defaults (:class:`PFedMeConfig`):
+
+=====================  ============================  ==========================================
+setting                paper's code                  fedmeta default (reason if different)
+=====================  ============================  ==========================================
+K (inner steps)        5                             5 (``inner-steps``)
+lambda                 15 (MNIST), 20 (Synthetic)    15 (``lam``)
+personal lr            0.1 (MNIST, convex)           0.1 (``inner-lr``)
+eta (local lr)         SGD, 0.005                    SGD, ``outer-lr`` 0.005
+R (local rounds)       20 mini-batches               20 (``local-steps``), a task each
+beta (server)          1 (tuned: 2)                  the server strategy; FedAvg is beta = 1
+inner L2 (mu)          0.001 in the solver           none
+=====================  ============================  ==========================================
 """
 
 from __future__ import annotations
@@ -18,13 +33,20 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, OuterOptimizer, Params
 from fedmeta.tasks import Task
 
 
 class PFedMeConfig(LearnerConfig):
+    """pFedMe's options, with the defaults of the authors' MNIST runs (module table)."""
+
     lam: float = Field(15.0, gt=0)
     """pFedMe's ``lambda``: the strength of the Moreau-envelope regulariser."""
+    local_steps: int = Field(20, ge=1)
+    inner_steps: int = Field(5, ge=0)
+    inner_lr: float = Field(0.1, ge=0)
+    outer_lr: float = Field(0.005, gt=0)
+    outer_optimizer: OuterOptimizer = "sgd"
 
 
 @LEARNERS.register("pfedme", help="pFedMe (Dinh et al., 2020): Moreau-envelope personalisation")

@@ -13,15 +13,44 @@ query examples are pooled, and minibatch ``i`` holds the ``i``-th example of eve
 ``n_way``-example batch, the size of a 1-shot support set at evaluation), cycling when there
 are more steps than examples per class. Regression tasks are cut into ``inner_steps`` chunks.
 The inner optimizer is plain SGD (``inner_lr``), as at evaluation.
+
+Settings, Omniglot 5-way 1-shot (the authors' code ``openai/supervised-reptile``: README,
+``train.py``, ``reptile.py``) against fedmeta's defaults (:class:`ReptileConfig`):
+
+=====================  ============================  ==========================================
+setting                paper's code                  fedmeta default (reason if different)
+=====================  ============================  ==========================================
+outer step             SGD, step 1 decaying          SGD, ``outer-lr`` 1 (a constant; halve it
+                       linearly to 0                 with ``outer-lr-halving``)
+meta-batch             5 tasks                       5 (``tasks-per-step``)
+inner optimiser        Adam (beta1 = 0), lr 0.001,   SGD, ``inner-lr`` 0.4: the optimiser of
+                       moments kept across tasks     evaluation's adaptation, so training and
+                                                     test adapt alike
+inner iterations       5 of batch 10, train-shots    5 (``inner-steps``), each on one example
+                       10                            per class (the scenario's shots + queries)
+evaluation             50 iterations of batch 5      50 (``eval-inner-steps``) SGD steps on the
+                                                     support set
+=====================  ============================  ==========================================
 """
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from fedmeta.learners.base import LEARNERS, Learner, Params
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, OuterOptimizer, Params
 from fedmeta.tasks import Task
+
+
+class ReptileConfig(LearnerConfig):
+    """Reptile's options, with the defaults of Nichol et al.'s Omniglot runs (module table)."""
+
+    tasks_per_step: int = Field(5, ge=1)
+    inner_steps: int = Field(5, ge=0)
+    outer_lr: float = Field(1.0, gt=0)
+    outer_optimizer: OuterOptimizer = "sgd"
+    eval_inner_steps: int = Field(50, ge=0)
 
 
 def minibatches(task: Task, steps: int) -> list[tuple[Tensor, Tensor]]:
@@ -60,6 +89,7 @@ class Reptile(Learner):
     (a fresh optimizer for each local update); only :meth:`task_gradient` is defined here.
     """
 
+    Options = ReptileConfig
     supports_example_dp = True
 
     def task_gradient(self, params: Params, task: Task) -> tuple[Params, float]:

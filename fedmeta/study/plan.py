@@ -8,6 +8,11 @@ or two scenario keys. A *strategy* is a named set of scenario overrides, looked 
    ``local-only``, ``centralized``);
 3. a learner name from the registry (``learner.name = <name>``).
 
+A strategy that changes the learner keeps the scenario learner's outer optimiser unless it names
+one (``outer-optimizer``): the scenario's ``outer-lr`` was chosen for that optimiser, and a
+comparison should vary the algorithm, not the optimiser. (Learners default to their papers'
+optimisers, which differ: SGD for Reptile, Per-FedAvg, pFedMe, Ditto and FedAvg.)
+
 Within one seed every cell shares the scenario seed, hence identical client partitions and
 identical evaluation tasks (held-out tasks are keyed by seed and client only). Seed ``i`` of a
 study is ``scenario.seed + i``. Every cell is validated here, before anything runs; the runner
@@ -103,13 +108,21 @@ def strategy_raw(
             raw = _set(raw, key, value)
         return raw
 
+    def same_optimizer(raw: dict) -> dict:
+        learner = raw.get("learner", {})
+        if "outer-optimizer" in learner or learner.get("name") == plain_learner.name:
+            return raw
+        keep = {"outer-optimizer": plain_learner.options.outer_optimizer}
+        return deep_merge(raw, {"learner": keep})
+
+    plain_learner = scenario_from_dict(plain).learner
     if name in defined:
-        return at_point(deep_merge(plain, defined[name]))
+        return same_optimizer(at_point(deep_merge(plain, defined[name])))
     if name in PRESETS:
         raw = at_point(plain)
-        return deep_merge(raw, PRESETS.get(name)(scenario_from_dict(raw)))
+        return same_optimizer(deep_merge(raw, PRESETS.get(name)(scenario_from_dict(raw))))
     if name in LEARNERS.names():
-        return at_point(deep_merge(plain, {"learner": {"name": name}}))
+        return same_optimizer(at_point(deep_merge(plain, {"learner": {"name": name}})))
     known = sorted({*defined, *PRESETS, *LEARNERS.names()})
     raise FedmetaError(
         f"unknown strategy {name!r}; define it in [compare.define.{name}] or use one of: "

@@ -135,8 +135,11 @@ def plot_vs_mb(cells: list[CellResult], out: Path, title: str) -> Path:
     )
 
 
-def plot_vs_time(cells: list[CellResult], out: Path, title: str) -> Path:
-    """Held-out accuracy after adaptation against wall-clock minutes."""
+def plot_vs_time(
+    cells: list[CellResult], out: Path, title: str, targets: tuple[float, ...] = ()
+) -> Path:
+    """Held-out accuracy after adaptation against wall-clock minutes; each of ``targets`` is
+    a dotted line, and a run's first evaluation at or above it is circled."""
     metric = _metric(cells)
     fig, ax = _axes()
 
@@ -145,6 +148,19 @@ def plot_vs_time(cells: list[CellResult], out: Path, title: str) -> Path:
 
     for label, group in _groups(cells).items():
         _draw(ax, label, *_series(group, _heldout_points(metric, minutes)))
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
+        for c in cells:
+            hit = next((rnd for rnd, v in c.curve(metric) if v >= target), None)
+            if hit is not None:
+                ax.plot(
+                    minutes(c, hit),
+                    dict(c.curve(metric))[hit],
+                    "o",
+                    mfc="none",
+                    ms=9,
+                    color="black",
+                )
     return _finish(fig, ax, out, "wall-clock time (minutes)", f"held-out {metric}", title)
 
 
