@@ -61,7 +61,10 @@ def test_tiny_simulation_end_to_end_via_cli(tmp_path, tiny_raw, capsys, monkeypa
     scenario.write_text(tomli_w.dumps(tiny_raw))
     out = tmp_path / "run"
     assert run_cli(["run", str(scenario), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert f"live curves: tensorboard --logdir {out / 'tb'} --host 127.0.0.1" in captured.err
+    assert any((out / "tb").glob("events.out.tfevents.*"))
     assert "after adaptation" in printed
     summary = json.loads((out / "summary.json").read_text())
     h = summary["heldout"]
