@@ -43,8 +43,12 @@ def main() -> None:
     )
     print("|---" * (6 + len(targets)) + "|")
     cells = []
-    for run in map(Path, args.runs):
-        cell = run_cell(run)
+    runs = [Path(r) for r in args.runs]
+    names = [run_cell(r).strategy for r in runs]
+    for run, name in zip(runs, names, strict=True):
+        # runs of one scenario are told apart by their directories (else a plot would pool
+        # them like seeds)
+        cell = run_cell(run, f"{name} ({run.name})" if names.count(name) > 1 else None)
         summary, wall = cell.summary, cell.system("wall-seconds")
         h = summary["heldout"]
         hits = []
@@ -52,7 +56,7 @@ def main() -> None:
             hit = next((r for r, v in cell.curve() if v >= target), None)
             hits.append(f"{hit} ({wall[hit] / 60:.1f})" if hit is not None else "not reached")
         print(
-            f"| {summary['name']} | {summary['rounds']} | {summary['wall-seconds'] / 60:.1f} | "
+            f"| {cell.strategy} | {summary['rounds']} | {summary['wall-seconds'] / 60:.1f} | "
             f"{h['query-acc-pre']:.3f} | {h['query-acc-post']:.3f} ± "
             f"{h['query-acc-post-ci95']:.3f} | {' | '.join(hits)} | "
             f"{100 * overhead_share(run, args.actors):.1f}% |"
