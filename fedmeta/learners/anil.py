@@ -83,7 +83,7 @@ class ANIL(Learner):
         lr: float | None = None,
     ) -> Params:
         """Head-only adaptation on the support set; the feature extractor is kept."""
-        steps = self.cfg.eval_inner_steps if steps is None else steps
+        steps = self.eval_steps(steps)
         lr = self.cfg.inner_lr if lr is None else lr
         with torch.no_grad():
             feats = self.features(params, x)

@@ -147,6 +147,16 @@ def zero_head(params: Params, n_way: int) -> Params:
     }
 
 
+def loss_gradient(loss: Tensor, params: Params) -> Params:
+    """``d loss / d params``, detached and keyed like ``params``; zero for a parameter the loss
+    does not use (ProtoNet's head, Meta-SGD's rates with no inner step)."""
+    grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
+    return {
+        k: torch.zeros_like(p) if g is None else g.detach()
+        for (k, p), g in zip(params.items(), grads, strict=True)
+    }
+
+
 def sgd_step(params: Params, grads: tuple[Tensor, ...] | list[Tensor], lr: float) -> Params:
     """``params - lr * grads`` as a new dict (differentiable when the grads are)."""
     return {k: p - lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
@@ -371,13 +381,22 @@ class Learner:
         """Adapt to one task's support set (no graph kept). Defaults: ``eval_inner_steps``,
         ``inner_lr``. With :attr:`adapt_lam` > 0 the support loss gains the proximal term
         ``adapt_lam / 2 * ||w - params||^2`` (Ditto's and pFedMe's personalisation)."""
-        steps = self.cfg.eval_inner_steps if steps is None else steps
+        steps = self.eval_steps(steps)
         lr = self.cfg.inner_lr if lr is None else lr
         anchor = {k: v.detach() for k, v in params.items()}
         start = {k: v.clone().requires_grad_(True) for k, v in anchor.items()}
         with torch.enable_grad():
             fast = self.inner_loop(start, x, y, steps, lr, False, anchor, self.adapt_lam)
         return {k: v.detach() for k, v in fast.items()}
+
+    def eval_steps(self, steps: int | None = None) -> int:
+        """Adaptation steps at evaluation: ``steps`` if given, else ``eval_inner_steps``, else
+        (learners whose option may be ``None``: Meta-SGD, Meta-LSTM) the trained
+        ``inner_steps``."""
+        for value in (steps, self.cfg.eval_inner_steps):
+            if value is not None:
+                return value
+        return self.cfg.inner_steps
 
     def adapt_to(self, params: Params, task: Task, steps: int | None = None) -> Params:
         """Adapt to ``task``: :meth:`adapt` on its support set. A learner that embeds support

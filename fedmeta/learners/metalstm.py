@@ -58,7 +58,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, loss_gradient
 from fedmeta.tasks import Task
 
 LSTM = "meta-lstm."
@@ -187,12 +187,7 @@ class MetaLSTM(Learner):
         the optimiser's weights."""
         fast = self.inner(params, task.support_x, task.support_y, self.cfg.inner_steps, True)
         loss = self.loss(fast, task.query_x, task.query_y)
-        grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
-        out = {
-            k: torch.zeros_like(p) if g is None else g
-            for (k, p), g in zip(params.items(), grads, strict=True)
-        }
-        return out, loss.item()
+        return loss_gradient(loss, params), loss.item()
 
     def adapt(
         self,
@@ -205,10 +200,7 @@ class MetaLSTM(Learner):
         """The learned optimiser's updates on the support set (``lr`` is ignored: the input
         gate is the rate), for the trained number of steps unless told otherwise. The
         optimiser's weights are returned unchanged."""
-        if steps is None:
-            steps = self.cfg.eval_inner_steps
-        if steps is None:
-            steps = self.cfg.inner_steps
+        steps = self.eval_steps(steps)
         start = {k: v.detach().requires_grad_(not k.startswith(LSTM)) for k, v in params.items()}
         with torch.enable_grad():
             fast = self.inner(start, x, y, steps, create_graph=False)

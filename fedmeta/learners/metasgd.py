@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params
+from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, loss_gradient
 from fedmeta.tasks import Task
 
 LR = "meta-sgd-lr."
@@ -78,12 +78,7 @@ class MetaSGD(Learner):
         """Gradient of the query loss after adaptation, for weights and rates alike."""
         fast = self.inner(params, task.support_x, task.support_y, self.cfg.inner_steps, True)
         loss = self.loss(fast, task.query_x, task.query_y)
-        grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
-        out = {  # with inner_steps = 0 the rates get no gradient
-            k: torch.zeros_like(p) if g is None else g
-            for (k, p), g in zip(params.items(), grads, strict=True)
-        }
-        return out, loss.item()
+        return loss_gradient(loss, params), loss.item()
 
     def adapt(
         self,
@@ -95,10 +90,7 @@ class MetaSGD(Learner):
     ) -> Params:
         """Adaptation with the learned rates (``lr`` is ignored: the rates replace it), for the
         trained number of steps unless ``eval_inner_steps`` or ``steps`` says otherwise."""
-        if steps is None:
-            steps = self.cfg.eval_inner_steps
-        if steps is None:
-            steps = self.cfg.inner_steps
+        steps = self.eval_steps(steps)
         start = {k: v.detach().requires_grad_(not k.startswith(LR)) for k, v in params.items()}
         with torch.enable_grad():
             fast = self.inner(start, x, y, steps, create_graph=False)

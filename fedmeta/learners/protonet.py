@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedmeta.batched import TaskStack, expand, features_tasks, task_losses
-from fedmeta.learners.base import HEAD, LEARNERS, Learner, Params, zero_head
+from fedmeta.learners.base import HEAD, LEARNERS, Learner, Params, loss_gradient, zero_head
 from fedmeta.tasks import Task, n_way_of
 
 
@@ -72,12 +72,7 @@ class ProtoNet(Learner):
         protos = prototypes(support, task.support_y, n_way_of(task))
         logits = -squared_distances(query, protos)
         loss = F.cross_entropy(logits, task.query_y)
-        grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
-        out = {
-            k: torch.zeros_like(p) if g is None else g
-            for (k, p), g in zip(params.items(), grads, strict=True)
-        }
-        return out, loss.item()
+        return loss_gradient(loss, params), loss.item()
 
     def batch_gradient(self, params: Params, tasks: TaskStack) -> tuple[Params, dict[str, float]]:
         """:meth:`task_gradient`'s mean over stacked tasks: every task's prototypes at once."""
@@ -91,12 +86,7 @@ class ProtoNet(Learner):
         protos = torch.bmm(onehot.transpose(1, 2), support) / counts[..., None]
         logits = -((query[:, :, None, :] - protos[:, None, :, :]) ** 2).sum(-1)
         loss = task_losses(F.cross_entropy, logits, tasks.query_y).mean()
-        grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
-        out = {
-            k: torch.zeros_like(p) if g is None else g
-            for (k, p), g in zip(params.items(), grads, strict=True)
-        }
-        return out, {"train-loss": loss.item()}
+        return loss_gradient(loss, params), {"train-loss": loss.item()}
 
     def eval_start(self, params: Params, task: Task) -> Params:
         """A zero head: before the support set is seen, every class is equally likely."""

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from fedmeta.learners.base import LEARNERS, Learner, Params
+from fedmeta.learners.base import LEARNERS, Learner, Params, loss_gradient
 from fedmeta.tasks import Task, n_way_of
 
 CLASS_MAPS = "relation-class-maps"
@@ -98,12 +98,7 @@ class RelationNet(Learner):
         queries = self.maps(params, task.query_x)
         scores = torch.sigmoid(self.relation_scores(params, protos, queries))
         loss = F.mse_loss(scores, F.one_hot(task.query_y, n_way).to(scores.dtype))
-        grads = torch.autograd.grad(loss, tuple(params.values()), allow_unused=True)
-        out = {
-            k: torch.zeros_like(p) if g is None else g
-            for (k, p), g in zip(params.items(), grads, strict=True)
-        }
-        return out, loss.item()
+        return loss_gradient(loss, params), loss.item()
 
     def adapt(
         self,
