@@ -150,10 +150,12 @@ def scenario_from_dict(raw: dict, default_name: str = "scenario") -> Scenario:
     learner = NAMED_TABLES["learner"].get(scenario.learner.name)
     task = scenario.task
     if task.training_way != task.n_way and not learner.any_way:
+        registry = NAMED_TABLES["learner"]
+        wide = ", ".join(n for n in registry.names() if registry.get(n).any_way)
         raise FedmetaError(
             f"task.train-way = {task.train_way} but learner.name = {scenario.learner.name!r} "
             f"has a fixed {task.n_way}-way head; remove task.train-way, or use a learner that "
-            f"sets its head from the support set (protonet)"
+            f"sets its head from the support set ({wide})"
         )
     for option, value in learner.model_needs.items():
         if getattr(scenario.model.options, option, None) != value:
