@@ -147,6 +147,15 @@ def zero_head(params: Params, n_way: int) -> Params:
     }
 
 
+def split_prefix(params: Params, prefix: str) -> tuple[Params, Params]:
+    """``(rest, under)``: the entries not starting with ``prefix``, and those that do with the
+    prefix removed (a submodule's parameters for :func:`torch.func.functional_call`, or a
+    learner's extra meta-parameters)."""
+    rest = {k: v for k, v in params.items() if not k.startswith(prefix)}
+    under = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+    return rest, under
+
+
 def loss_gradient(loss: Tensor, params: Params) -> Params:
     """``d loss / d params``, detached and keyed like ``params``; zero for a parameter the loss
     does not use (ProtoNet's head, Meta-SGD's rates with no inner step)."""
@@ -243,7 +252,7 @@ class Learner:
 
     def features(self, params: Params, x: Tensor) -> Tensor:
         """The model's embedding of ``x`` (its ``features`` block, without the head)."""
-        inner = {k[len("features.") :]: v for k, v in params.items() if k.startswith("features.")}
+        inner = split_prefix(params, "features.")[1]
         return functional_call(self.model.features, inner, (x,), strict=True)
 
     def value_and_grad(

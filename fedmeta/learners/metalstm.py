@@ -58,7 +58,14 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, loss_gradient
+from fedmeta.learners.base import (
+    LEARNERS,
+    Learner,
+    LearnerConfig,
+    Params,
+    loss_gradient,
+    split_prefix,
+)
 from fedmeta.tasks import Task
 
 LSTM = "meta-lstm."
@@ -106,9 +113,7 @@ class MetaLSTMConfig(LearnerConfig):
 
 def split(params: Params) -> tuple[Params, Params]:
     """``(weights, optimiser)``: the model's parameters and the LSTM's (prefix removed)."""
-    weights = {k: v for k, v in params.items() if not k.startswith(LSTM)}
-    lstm = {k[len(LSTM) :]: v for k, v in params.items() if k.startswith(LSTM)}
-    return weights, lstm
+    return split_prefix(params, LSTM)
 
 
 @LEARNERS.register(
@@ -154,7 +159,7 @@ class MetaLSTM(Learner):
         """``steps`` learned updates on ``(x, y)``; returns the adapted model parameters. With
         ``create_graph`` the result is differentiable in ``params`` (model and optimiser)."""
         weights, lstm = split(params)
-        cell = {k[len("cell.") :]: v for k, v in lstm.items() if k.startswith("cell.")}
+        cell = split_prefix(lstm, "cell.")[1]
         keys, shapes = list(weights), [v.shape for v in weights.values()]
         theta = torch.cat([v.reshape(-1, 1) for v in weights.values()])  # the cell state
         n = len(theta)

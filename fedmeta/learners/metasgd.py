@@ -30,7 +30,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from fedmeta.learners.base import LEARNERS, Learner, LearnerConfig, Params, loss_gradient
+from fedmeta.learners.base import (
+    LEARNERS,
+    Learner,
+    LearnerConfig,
+    Params,
+    loss_gradient,
+    split_prefix,
+)
 from fedmeta.tasks import Task
 
 LR = "meta-sgd-lr."
@@ -39,9 +46,7 @@ LR = "meta-sgd-lr."
 
 def split(params: Params) -> tuple[Params, Params]:
     """``(weights, rates)``: the model's parameters and the learned rates (same keys)."""
-    weights = {k: v for k, v in params.items() if not k.startswith(LR)}
-    rates = {k[len(LR) :]: v for k, v in params.items() if k.startswith(LR)}
-    return weights, rates
+    return split_prefix(params, LR)
 
 
 class MetaSGDConfig(LearnerConfig):

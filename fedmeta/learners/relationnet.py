@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from fedmeta.learners.base import LEARNERS, Learner, Params, loss_gradient
+from fedmeta.learners.base import LEARNERS, Learner, Params, loss_gradient, split_prefix
 from fedmeta.tasks import Task, n_way_of
 
 CLASS_MAPS = "relation-class-maps"
@@ -85,7 +85,7 @@ class RelationNet(Learner):
             ],
             dim=2,
         ).flatten(0, 1)
-        inner = {k[len("relation.") :]: v for k, v in params.items() if k.startswith("relation.")}
+        inner = split_prefix(params, "relation.")[1]
         return functional_call(self.model.relation, inner, (pairs,), strict=True).view(
             n_query, n_way
         )
