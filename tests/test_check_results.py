@@ -1,4 +1,5 @@
-"""``benchmarks/check_results.py`` reads the quickstart's recorded lines from docs/RESULTS.md."""
+"""``benchmarks/check_results.py`` reads the quickstart's recorded lines for one CPU from
+docs/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -7,15 +8,37 @@ from conftest import REPO, benchmark_module
 cr = benchmark_module("check_results")
 
 
-def test_the_recorded_block_is_read_from_results_md():
-    lines = cr.recorded(REPO / "docs" / "RESULTS.md")
-    assert lines and all(line.startswith("held-out query-") for line in lines)
-    assert any("after adaptation" in line for line in lines)
+def test_every_recorded_block_is_read_from_results_md():
+    results = REPO / "docs" / "RESULTS.md"
+    cpus = cr.recorded_cpus(results)
+    assert len(cpus) >= 1
+    for cpu in cpus:
+        lines = cr.recorded(results, cpu)
+        assert lines and all(line.startswith("held-out query-") for line in lines)
+        assert any("after adaptation" in line for line in lines)
 
 
-def test_a_results_file_without_the_block_has_nothing_to_compare(tmp_path):
+def test_blocks_are_chosen_by_cpu(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n\nheld-out query-acc 0.5\n")
-    assert cr.recorded(path) is None
-    path.write_text(f"{cr.MARKER}\n```\nrun x\nheld-out query-acc a\n```\nheld-out later\n")
-    assert cr.recorded(path) == ["held-out query-acc a"]
+    assert cr.recorded(path, "x") is None and cr.recorded_cpus(path) == []
+    path.write_text(
+        f"{cr.MARKER}a-1 -->\n```\nrun x\nheld-out query-acc a\n```\nheld-out later\n"
+        f"{cr.MARKER}b-2 -->\n```\nheld-out query-acc b\n```\n"
+    )
+    assert cr.recorded_cpus(path) == ["a-1", "b-2"]
+    assert cr.recorded(path, "a-1") == ["held-out query-acc a"]
+    assert cr.recorded(path, "b-2") == ["held-out query-acc b"]
+    assert cr.recorded(path, "c-3") is None
+
+
+def test_the_cpu_name_comes_from_cpuinfo_and_torch(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n"
+        "model name\t: Xeon\nstepping\t: 7\n\nprocessor\t: 1\nvendor_id\t: Other\n"
+    )
+    name = cr.cpu_name(info)
+    assert name.startswith("GenuineIntel-6-85-7-")
+    assert name.split("-")[-1] in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256"}
+    assert cr.cpu_name(tmp_path / "absent").count("-") == 1  # machine-capability
