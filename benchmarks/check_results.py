@@ -4,7 +4,8 @@ docs/RESULTS.md keeps the quickstart's printed metric lines, exactly as ``fedmet
 scenarios/quickstart.toml`` printed them, in fenced blocks that follow marker lines
 ``<!-- check_results: quickstart cpu=CPU -->``, one block per CPU they were measured on. This
 script runs the quickstart into a temporary folder and compares its ``held-out ...`` lines with
-the block of this machine's CPU (:func:`cpu_name`), character for character.
+the block of this machine's CPU (:func:`cpu_name`; :func:`blocks` reads them), character for
+character.
 
 On CPU the same scenario and seed give the same metrics, but only on the same processor: torch's
 convolution and matrix kernels pick their instruction set and blocking by CPU, and 30 rounds of
@@ -47,28 +48,23 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return "-".join([*filter(None, parts), torch.backends.cpu.get_cpu_capability()])
 
 
-def recorded(results: Path, cpu: str) -> list[str] | None:
-    """The metric lines of the fenced block after the marker for ``cpu``, or ``None``."""
+def blocks(results: Path) -> dict[str, list[str]]:
+    """The metric lines of every recorded block, by the CPU its marker names."""
     lines = results.read_text().splitlines()
-    marker = f"{MARKER}{cpu} -->"
-    if marker not in lines:
-        return None
-    start = lines.index(marker) + 1
-    while start < len(lines) and not lines[start].startswith("```"):
-        start += 1
-    end = start + 1
-    while end < len(lines) and not lines[end].startswith("```"):
-        end += 1
-    return [line for line in lines[start + 1 : end] if line.startswith("held-out ")]
-
-
-def recorded_cpus(results: Path) -> list[str]:
-    """Every CPU that RESULTS.md has a block for."""
-    return [
-        line[len(MARKER) : -len(" -->")]
-        for line in results.read_text().splitlines()
-        if line.startswith(MARKER) and line.endswith(" -->")
-    ]
+    found: dict[str, list[str]] = {}
+    for i, line in enumerate(lines):
+        if not (line.startswith(MARKER) and line.endswith(" -->")):
+            continue
+        start = i + 1
+        while start < len(lines) and not lines[start].startswith("```"):
+            start += 1
+        end = start + 1
+        while end < len(lines) and not lines[end].startswith("```"):
+            end += 1
+        found[line[len(MARKER) : -len(" -->")]] = [
+            text for text in lines[start + 1 : end] if text.startswith("held-out ")
+        ]
+    return found
 
 
 def printed() -> list[str]:
@@ -86,16 +82,16 @@ def printed() -> list[str]:
 
 
 def main() -> int:
-    results = ROOT / "docs" / "RESULTS.md"
+    recorded = blocks(ROOT / "docs" / "RESULTS.md")
     cpu = cpu_name()
-    want = recorded(results, cpu)
-    got = printed() if want else None
+    want = recorded.get(cpu)
     if not want:
         print(f"check_results: docs/RESULTS.md records no quickstart figures for this CPU ({cpu});")
-        print(f"  it has blocks for: {', '.join(recorded_cpus(results)) or 'none'}")
+        print(f"  it has blocks for: {', '.join(recorded) or 'none'}")
         print(f"  to record this CPU's, add a block after '{MARKER}{cpu} -->' with the lines")
         print("  'fedmeta run scenarios/quickstart.toml' prints on it")
         return 2
+    got = printed()
     if got == want:
         print(f"check_results: the quickstart prints what docs/RESULTS.md records for {cpu}")
         for line in got:
@@ -103,7 +99,7 @@ def main() -> int:
         return 0
     print(f"check_results: the quickstart's figures differ from docs/RESULTS.md ({cpu})")
     print("recorded:\n  " + "\n  ".join(want))
-    print("printed now:\n  " + "\n  ".join(got or []))
+    print("printed now:\n  " + "\n  ".join(got))
     return 1
 
 

@@ -9,11 +9,9 @@ cr = benchmark_module("check_results")
 
 
 def test_every_recorded_block_is_read_from_results_md():
-    results = REPO / "docs" / "RESULTS.md"
-    cpus = cr.recorded_cpus(results)
-    assert len(cpus) >= 1
-    for cpu in cpus:
-        lines = cr.recorded(results, cpu)
+    recorded = cr.blocks(REPO / "docs" / "RESULTS.md")
+    assert len(recorded) >= 1
+    for lines in recorded.values():
         assert lines and all(line.startswith("held-out query-") for line in lines)
         assert any("after adaptation" in line for line in lines)
 
@@ -21,15 +19,16 @@ def test_every_recorded_block_is_read_from_results_md():
 def test_blocks_are_chosen_by_cpu(tmp_path):
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n\nheld-out query-acc 0.5\n")
-    assert cr.recorded(path, "x") is None and cr.recorded_cpus(path) == []
+    assert cr.blocks(path) == {}
     path.write_text(
         f"{cr.MARKER}a-1 -->\n```\nrun x\nheld-out query-acc a\n```\nheld-out later\n"
         f"{cr.MARKER}b-2 -->\n```\nheld-out query-acc b\n```\n"
     )
-    assert cr.recorded_cpus(path) == ["a-1", "b-2"]
-    assert cr.recorded(path, "a-1") == ["held-out query-acc a"]
-    assert cr.recorded(path, "b-2") == ["held-out query-acc b"]
-    assert cr.recorded(path, "c-3") is None
+    recorded = cr.blocks(path)
+    assert list(recorded) == ["a-1", "b-2"]
+    assert recorded["a-1"] == ["held-out query-acc a"]
+    assert recorded["b-2"] == ["held-out query-acc b"]
+    assert "c-3" not in recorded
 
 
 def test_the_cpu_name_comes_from_cpuinfo_and_torch(tmp_path):
