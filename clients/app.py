@@ -104,7 +104,8 @@ def train(msg: Message, context: Context) -> Message:
         sample_rate=exp.sampler(pid).inclusion_probability(),
         server_round=rnd,
     )
-    new_params, metrics = exp.local_learner.local_update(params, sample, ctx)
+    with exp.training_precision():
+        new_params, metrics = exp.local_learner.local_update(params, sample, ctx)
     if store is not None and ctx.state:
         store.save(rnd, ctx.state, int(config[CHECKPOINT_ROUND]))
     metrics = {

@@ -106,7 +106,7 @@ def linear_tasks(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 def features_tasks(model: nn.Module, params: Params, x: Tensor) -> Tensor:
     """Per-task embeddings ``(T, N, D)`` of ``x`` ``(T, N, ...)`` under stacked ``params``
-    (each ``(T, *shape)``, keyed like ``model``'s parameters)."""
+    (each ``(T, *shape)``, keyed like ``model``'s parameters), in the parameters' dtype."""
     t, n = x.shape[:2]
     stacked = x.dim() == 5  # channel-stacked image layout (N, T*C, H, W) until Flatten
     h = x
@@ -130,7 +130,7 @@ def features_tasks(model: nn.Module, params: Params, x: Tensor) -> Tensor:
             h = linear_tasks(h, weight, bias)
         elif isinstance(layer, nn.ReLU):
             h = F.relu(h)
-    return h
+    return h.to(next(iter(params.values())).dtype)
 
 
 def forward_tasks(model: nn.Module, params: Params, x: Tensor) -> Tensor:

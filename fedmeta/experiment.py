@@ -206,6 +206,12 @@ class Experiment:
     def to_device(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in params.items()}
 
+    def training_precision(self) -> torch.autocast:
+        """The context a training client's local update runs in (``backend.precision``):
+        mixed-precision autocast for ``bfloat16``, a no-op for ``float32``."""
+        bf16 = self.scenario.backend.precision == "bfloat16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
 
 def model_outputs(scenario: Scenario, source: DataSource) -> int:
     """Outputs of the model's head: 1 for regression; for classification ``n_way``, or one per

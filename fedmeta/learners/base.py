@@ -251,9 +251,12 @@ class Learner:
         return self.loss_fn(self.forward(params, x), y)
 
     def features(self, params: Params, x: Tensor) -> Tensor:
-        """The model's embedding of ``x`` (its ``features`` block, without the head)."""
+        """The model's embedding of ``x`` (its ``features`` block, without the head), in the
+        parameters' dtype (under bfloat16 autocast, distances between embeddings are then
+        taken in float32)."""
         inner = split_prefix(params, "features.")[1]
-        return functional_call(self.model.features, inner, (x,), strict=True)
+        out = functional_call(self.model.features, inner, (x,), strict=True)
+        return out.to(next(iter(inner.values())).dtype)
 
     def value_and_grad(
         self, params: Params, x: Tensor, y: Tensor, create_graph: bool = False
