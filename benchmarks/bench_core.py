@@ -1,7 +1,7 @@
 """Core benchmark: the task-batched meta-step against a plain per-task loop, and Flower's
 orchestration overhead.
 
-Prints three tables:
+Prints four tables:
 
 1. **Meta-step**, Conv4-64, 5-way 1-shot, 15 query examples per class, 4 tasks, 2 torch
    threads: for second-order MAML, FOMAML, ANIL and ProtoNet with 1 and 5 inner steps, the
@@ -16,7 +16,10 @@ Prints three tables:
    and the plain loop's in float64.
 2. The arithmetic floor: forward and backward of Conv4-64 over the 320 images of one meta-batch,
    as one batch and as four, in contiguous and channels-last memory order.
-3. For a 20-client round of a real Flower simulation, the share of round wall time spent
+3. Precision: fedmeta's meta-step in float32 against bfloat16 autocast
+   (``backend.precision``), with the cosine between the two meta-gradients; ProtoNet also on
+   one 40-way, 5-query episode, as ``scenarios/omniglot-5w1s-protonet.toml`` trains.
+4. For a 20-client round of a real Flower simulation, the share of round wall time spent
    outside client compute (orchestration, serialisation, Ray): ``1 - sum(client compute) /
    (actors * round wall time)``.
 
@@ -125,14 +128,22 @@ PLAIN: dict[str, Callable] = {
 }
 
 
-def setup(name: str, steps: int, dtype: torch.dtype, seed: int = 0):
+def setup(
+    name: str,
+    steps: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+    n_way: int = 5,
+    query: int = 15,
+    n_tasks: int = 4,
+):
     torch.manual_seed(seed)
-    model = Conv4((1, 28, 28), 5).to(dtype)
+    model = Conv4((1, 28, 28), n_way).to(dtype)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
     cls = LEARNERS.get(name)
-    cfg = cls.Options(inner_steps=steps, inner_lr=0.4, tasks_per_step=4)
+    cfg = cls.Options(inner_steps=steps, inner_lr=0.4, tasks_per_step=n_tasks)
     learner = cls(model, CLASSIFICATION.loss, cfg)
-    tasks = [random_task(5, 1, 15, dtype) for _ in range(4)]
+    tasks = [random_task(n_way, 1, query, dtype) for _ in range(n_tasks)]
     return model, params, learner, tasks
 
 
@@ -210,6 +221,37 @@ def compute_floor(repeats: int) -> None:
         print(f"| {batches} x {320 // batches} | {plain:.0f} | {last:.0f} |")
 
 
+def bench_precision(repeats: int) -> None:
+    """fedmeta's meta-step in float32 against bfloat16 autocast (``backend.precision``),
+    interleaved, and the cosine between the two meta-gradients."""
+    torch.set_num_threads(2)
+    cases = [(n, 1, 5, 15, 4) for n in ("maml", "fomaml", "anil")]
+    cases += [("protonet", 0, 5, 15, 4), ("protonet", 0, 40, 5, 1)]  # the second as trained
+    print("\n## Precision: fedmeta's meta-step, float32 against bfloat16 autocast (median ms)")
+    print("| learner | inner steps | tasks | float32 | bfloat16 | bfloat16 / float32 | cosine |")
+    print("|---|---|---|---|---|---|---|")
+    for name, steps, n_way, query, n_tasks in cases:
+        _, params, learner, tasks = setup(name, steps, torch.float32, 0, n_way, query, n_tasks)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        grads: dict[bool, Tensor] = {}
+        for rep in range(repeats + 1):  # the first repeat is a warm-up
+            for bf16 in (False, True):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    g, _ = learner.meta_gradient(params, tasks)
+                if rep:
+                    times[bf16].append(1000 * (time.perf_counter() - t0))
+                grads[bf16] = torch.cat([g[k].flatten() for k in sorted(g)])
+        exact, mixed = (statistics.median(times[b]) for b in (False, True))
+        cosine = F.cosine_similarity(grads[True], grads[False], dim=0).item()
+        shape = f"{n_tasks} x {n_way}-way, {query} queries"
+        print(
+            f"| {name} | {steps or '-'} | {shape} | {exact:.0f} | {mixed:.0f} | "
+            f"{mixed / exact:.2f} | {cosine:.4f} |",
+            flush=True,
+        )
+
+
 def bench_round_overhead(rounds: int) -> None:
     from fedmeta.results import RunDir
     from fedmeta.scenario import scenario_from_dict
@@ -262,6 +304,7 @@ def main() -> None:
     args = p.parse_args()
     bench_meta_steps(args.repeats)
     compute_floor(args.repeats)
+    bench_precision(args.repeats)
     if not args.skip_simulation:
         bench_round_overhead(args.rounds)
 
