@@ -11,7 +11,7 @@ Here the ``T`` copies are stacked along a leading task axis and the network runs
   ``t``'s filters only see task ``t``'s channels;
 * BatchNorm with batch statistics on that layout normalises each channel over ``(N, H, W)``,
   which is exactly each task's own statistics (no ``vmap``: see :mod:`fedmeta.models`);
-  GroupNorm uses ``T * groups`` groups;
+  GroupNorm uses ``T * groups`` groups; max-pooling acts on each channel alone;
 * linear layers are batched matrix products, ``(T, N, D) @ (T, D, K)``;
 * images run in channels-last memory order, which oneDNN's CPU convolutions prefer (measured by
   ``benchmarks/bench_core.py``: it took the batched meta-step from 0.95-1.13 to 0.69-0.95 of
@@ -38,6 +38,7 @@ Params = dict[str, Tensor]
 
 _ELEMENTWISE = (nn.ReLU, nn.Identity)
 _SPATIAL = (nn.Conv2d, nn.BatchNorm2d, nn.GroupNorm)
+_POOL = (nn.MaxPool2d,)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def supports(model: nn.Module) -> bool:
             return False
         if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or layer.padding_mode != "zeros"):
             return False
-        if not isinstance(layer, (*_ELEMENTWISE, *_SPATIAL, nn.Flatten, nn.Linear)):
+        if not isinstance(layer, (*_ELEMENTWISE, *_SPATIAL, *_POOL, nn.Flatten, nn.Linear)):
             return False
     return True
 
@@ -128,6 +129,8 @@ def features_tasks(model: nn.Module, params: Params, x: Tensor) -> Tensor:
             stacked = False
         elif isinstance(layer, nn.Linear):
             h = linear_tasks(h, weight, bias)
+        elif isinstance(layer, nn.MaxPool2d):
+            h = layer(h)
         elif isinstance(layer, nn.ReLU):
             h = F.relu(h)
     return h.to(next(iter(params.values())).dtype)

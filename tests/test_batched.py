@@ -51,6 +51,34 @@ def test_batched_meta_gradient_equals_the_loop_in_float64(name, inner_steps, nor
     assert max(v.abs().max().item() for v in loop.values()) > 1e-3
 
 
+@pytest.mark.parametrize("inner_steps", [1, 5])
+@pytest.mark.parametrize("name", BATCHED)
+def test_batched_meta_gradient_with_max_pooling_equals_the_loop(name, inner_steps):
+    """Snell et al.'s blocks (``downsample = "max-pool"``): pooling each stacked channel alone
+    keeps every task's gradient, with batch-statistics BatchNorm."""
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 5, width=8, norm="batch", downsample="max-pool").double()
+    learner = make(name, model, inner_steps=inner_steps, inner_lr=0.4)
+    params, tasks = leaves(model), conv_tasks()
+    batched, _ = learner.batch_gradient(params, learner.stack(tasks))
+    loop, _ = learner.loop_gradient(params, tasks)
+    assert max_difference(batched, loop) <= 1e-9
+    assert max(v.abs().max().item() for v in loop.values()) > 1e-3
+
+
+def test_max_pool_blocks_embed_28x28_images_in_64_dimensions():
+    """Vinyals et al.'s and Snell et al.'s embedding: 28 -> 14 -> 7 -> 3 -> 1, so 64 features
+    (256 with stride-2 convolutions), and images under 16x16 are refused."""
+    pooled = Conv4((1, 28, 28), 5, width=64, downsample="max-pool")
+    strided = Conv4((1, 28, 28), 5, width=64)
+    x = torch.randn(2, 1, 28, 28)
+    assert pooled.features(x).shape == (2, 64) and pooled.feature_map == (64, 1, 1)
+    assert strided.features(x).shape == (2, 256)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in pooled.modules()) == 4
+    with pytest.raises(ValueError, match="model.downsample"):
+        Conv4((1, 8, 8), 5, downsample="max-pool")
+
+
 @pytest.mark.parametrize("name", ["maml", "fomaml"])
 def test_batched_regression_with_an_mlp_equals_the_loop(name):
     torch.manual_seed(0)
