@@ -61,7 +61,7 @@ class MLPOptions(RelationOptions):
     hidden: tuple[int, ...] = (40, 40)
 
 
-@MODELS.register("conv4", help="4 conv blocks (3x3, stride 2 or max-pool) + linear head; MAML's Omniglot net")
+@MODELS.register("conv4", help="4 conv blocks (3x3, stride 2 or max-pool) + linear head")
 class Conv4(nn.Module):
     """Conv4 with ``width`` channels per block and an ``n_way`` linear head.
 
