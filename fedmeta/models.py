@@ -6,7 +6,8 @@ Networks", ICML: four blocks of 3x3 convolutions with 64 filters, normalisation 
 gives the blocks of Vinyals et al. (2016, "Matching Networks for One Shot Learning", NeurIPS) and
 Snell et al. (2017, "Prototypical Networks for Few-shot Learning", NeurIPS): a stride-1
 convolution, normalisation, ReLU and 2x2 max-pooling (a 64-dimensional embedding of a 28x28
-image, against 256 with strided convolutions; about 3.5 times the arithmetic).
+image, against 256 with strided convolutions; a 40-way ProtoNet step took 4.2 times as long on
+2 CPU cores, docs/RESULTS.md).
 
 Normalisation: ``"batch"`` is BatchNorm with batch statistics only
 (``track_running_stats=False``), as in MAML; it has no buffers, so a model's state is exactly its
