@@ -26,13 +26,12 @@ def evaluate_tasks(
         out |= {"query-acc-pre": [], "query-acc-post": []}
     for task in tasks:
         start = learner.eval_start(params, task)
-        adapted = learner.adapt_to(start, task, steps=steps)
-        for tag, p in (("pre", start), ("post", adapted)):
+        preds = learner.predict_pre_post(start, task, steps=steps)
+        for tag, pred in zip(("pre", "post"), preds, strict=True):
             with torch.no_grad():
-                pred = learner.predict(p, task)
                 out[f"query-loss-{tag}"].append(float(kind.loss(pred, task.query_y)))
-                if kind.accuracy is not None:
-                    out[f"query-acc-{tag}"].append(kind.accuracy(pred, task.query_y))
+            if kind.accuracy is not None:
+                out[f"query-acc-{tag}"].append(kind.accuracy(pred, task.query_y))
     return out
 
 

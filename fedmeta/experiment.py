@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from fedmeta.adversary import byzantine_clients, flip_query_labels
+from fedmeta.augment import Augment, check_image_data
 from fedmeta.data import DATASETS, DataSource
 from fedmeta.episodes import EpisodeSampler
 from fedmeta.errors import FedmetaError
@@ -187,13 +189,22 @@ class Experiment:
         torch.manual_seed(torch_seed_for(seed, Stream.TRAIN, server_round, partition_id))
         rng = rng_for(seed, Stream.TRAIN, server_round, partition_id)
         sampler = self.sampler(partition_id)
-        adv = self.scenario.adversary
-        if partition_id in self.byzantine and adv.attack == "label-flip":
+        transforms: list[Callable[[Task], Task]] = []
+        if self.scenario.augment.active:
+            augment = Augment(self.scenario.augment)
+            augment_rng = rng_for(seed, Stream.AUGMENT, server_round, partition_id)
+            transforms.append(lambda t: augment(t, augment_rng))
+        if partition_id in self.byzantine and self.scenario.adversary.attack == "label-flip":
             n_way = self.scenario.task.training_way
-            return lambda n: [
-                flip_query_labels(t, n_way).to(self.device) for t in sampler.sample(rng, n)
-            ]
-        return lambda n: [t.to(self.device) for t in sampler.sample(rng, n)]
+            transforms.append(lambda t: flip_query_labels(t, n_way))
+
+        def sample(n: int) -> list[Task]:
+            tasks = sampler.sample(rng, n)
+            for transform in transforms:
+                tasks = [transform(t) for t in tasks]
+            return [t.to(self.device) for t in tasks]
+
+        return sample
 
     def initial_params(self) -> dict[str, Tensor]:
         """Seeded initial meta-parameters (CPU tensors)."""
@@ -249,6 +260,8 @@ def build_experiment(scenario: Scenario, check_all: bool = False) -> Experiment:
             f"skew.rotation and skew.blur need image data but {scenario.data.name} has "
             f"feature shape {source.feature_shape}; set them to 0 (contrast and noise work)"
         )
+    if (why := check_image_data(scenario.augment, source.feature_shape)) is not None:
+        raise FedmetaError(why)
     partitioner = PARTITIONERS.get(scenario.partition.name, key="partition.name")(
         scenario.partition.options
     )

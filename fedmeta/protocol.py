@@ -38,6 +38,9 @@ class Stream(IntEnum):
     EVAL_SAMPLE = 9
     """The held-out clients scored in one evaluation round (``EVAL_SAMPLE, round``), when
     ``evaluation.clients`` asks for a sample."""
+    AUGMENT = 10
+    """A training client's distortions of its images in one round (``AUGMENT, round,
+    partition``)."""
     SAMPLE = 0x7A1
     """The server's sample of training clients (``round, SAMPLE``: the round comes first)."""
     PARTITION = 0x5EED

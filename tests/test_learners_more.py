@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fedmeta.learners.base import HEAD, LocalContext, Params
+from fedmeta.learners.base import HEAD, Learner, LocalContext, Params
 from fedmeta.learners.ditto import PERSONAL
 from fedmeta.learners.metasgd import LR
 from fedmeta.learners.protonet import squared_distances
@@ -220,6 +220,11 @@ def test_protonet_evaluation_embeds_support_and_query_in_one_batch():
     torch.testing.assert_close(F.log_softmax(logits, dim=-1), want, rtol=1e-10, atol=1e-10)
     start = learner.eval_start(params, task)
     assert learner.predict(start, task).abs().max() == 0  # chance before adaptation
+    # evaluation's shortcut (one embedding for both) gives the generic path's numbers exactly
+    pre, post = learner.predict_pre_post(start, task)
+    generic = Learner.predict_pre_post(learner, start, task)
+    assert torch.equal(pre, generic[0]) and torch.equal(post, generic[1])
+    assert torch.equal(post, logits)
 
 
 def test_metasgd_evaluates_with_the_trained_number_of_steps():

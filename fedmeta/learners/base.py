@@ -419,6 +419,15 @@ class Learner:
         """Predictions for ``task``'s query set under ``params``."""
         return self.forward(params, task.query_x)
 
+    def predict_pre_post(
+        self, start: Params, task: Task, steps: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Query predictions from ``start`` and from ``start`` adapted to ``task`` (what
+        evaluation scores as ``-pre`` and ``-post``); no graph kept."""
+        adapted = self.adapt_to(start, task, steps=steps)
+        with torch.no_grad():
+            return self.predict(start, task), self.predict(adapted, task)
+
     @property
     def adapt_lam(self) -> float:
         """Strength of a proximal pull towards the starting point during :meth:`adapt`."""

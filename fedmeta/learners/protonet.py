@@ -126,3 +126,13 @@ class ProtoNet(Learner):
         """Query logits from the joint support-and-query embedding and ``params``' head."""
         _, query = self.joint_features(params, task)
         return F.linear(query, params[HEAD[0]], params[HEAD[1]])
+
+    def predict_pre_post(
+        self, start: Params, task: Task, steps: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`Learner.predict_pre_post` from one embedding of the task instead of three:
+        the head does not change the embedding, so the same numbers."""
+        with torch.no_grad():
+            support, query = self.joint_features(start, task)
+            adapted = self.with_prototypes(start, support, task.support_y)
+            return tuple(F.linear(query, p[HEAD[0]], p[HEAD[1]]) for p in (start, adapted))

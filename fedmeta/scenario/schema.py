@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmeta.adversary import AdversaryOptions
+from fedmeta.augment import AugmentOptions
 from fedmeta.faults import FaultOptions
 from fedmeta.learners import LEARNERS
 from fedmeta.models import MODELS
@@ -148,6 +149,7 @@ class Scenario(BaseModel):
     backend: BackendOptions
     compare: CompareOptions = CompareOptions()
     skew: SkewOptions = SkewOptions()
+    augment: AugmentOptions = AugmentOptions()
     adversary: AdversaryOptions = AdversaryOptions()
     privacy: PrivacyOptions = PrivacyOptions()
     faults: FaultOptions = FaultOptions()
@@ -174,6 +176,8 @@ class Scenario(BaseModel):
             out["compare"] = self.compare.to_toml()
         if self.skew.active:
             out["skew"] = self.skew.to_toml()
+        if self.augment.active:
+            out["augment"] = self.augment.to_toml()
         if self.adversary.fraction > 0:
             out["adversary"] = self.adversary.to_toml()
         if self.privacy.active:
@@ -196,6 +200,7 @@ PLAIN_TABLES: dict[str, type[Options]] = {
     "backend": BackendOptions,
     "compare": CompareOptions,
     "skew": SkewOptions,
+    "augment": AugmentOptions,
     "adversary": AdversaryOptions,
     "privacy": PrivacyOptions,
     "faults": FaultOptions,
