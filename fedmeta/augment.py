@@ -10,7 +10,7 @@ clients' evaluation tasks are never distorted. The distortion composes
 * a translation drawn from ``[-shift, shift]`` pixels on each axis.
 
 Koch, Zemel and Salakhutdinov (2015), "Siamese Neural Networks for One-shot Image
-Recognition", ICML Deep Learning Workshop, section 4.2, train on Omniglot's background
+Recognition", ICML Deep Learning Workshop, train on Omniglot's background
 alphabets with such distortions (rotation 10 degrees, shear 0.3, scale 0.2, translation 2 of
 105 pixels). Unlike :mod:`fedmeta.skew`, which gives each client one fixed shift, augmentation
 is fresh noise per image. Its draws come from their own random stream, so a scenario samples
