@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from fedmeta.options import Options
+from fedmeta.skew import warp
 from fedmeta.tasks import Task
 
 
@@ -73,8 +73,7 @@ class Augment:
     def images(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """``x`` ``(N, C, H, W)``, each image distorted on its own (bilinear, zero fill)."""
         theta = torch.from_numpy(affine_matrices(self.options, len(x), x.shape[-2:], rng))
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return warp(x, theta.to(x.dtype))
 
     def __call__(self, task: Task, rng: np.random.Generator) -> Task:
         return Task(

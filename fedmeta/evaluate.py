@@ -27,9 +27,8 @@ def evaluate_tasks(
     for task in tasks:
         start = learner.eval_start(params, task)
         preds = learner.predict_pre_post(start, task, steps=steps)
-        for tag, pred in zip(("pre", "post"), preds, strict=True):
-            with torch.no_grad():
-                out[f"query-loss-{tag}"].append(float(kind.loss(pred, task.query_y)))
+        for tag, pred in zip(("pre", "post"), preds, strict=True):  # no graph: see the method
+            out[f"query-loss-{tag}"].append(float(kind.loss(pred, task.query_y)))
             if kind.accuracy is not None:
                 out[f"query-acc-{tag}"].append(kind.accuracy(pred, task.query_y))
     return out

@@ -47,12 +47,18 @@ class SkewOptions(Options):
         return any(v > 0 for v in self.model_dump().values())
 
 
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` resampled at ``theta`` ``(N, 2, 3)`` times each output point, in
+    :func:`torch.nn.functional.affine_grid`'s normalised coordinates (bilinear, zero fill)."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     """Rotate images ``(N, C, H, W)`` about their centre (bilinear, zero fill)."""
     a = math.radians(degrees)
     theta = x.new_tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
-    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warp(x, theta.expand(len(x), 2, 3))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
